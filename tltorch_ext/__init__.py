@@ -1,0 +1,20 @@
+"""tltorch_ext: transfer learning for PyTorch with fused Triton and C++/CUDA kernels.
+
+Every public name of the subpackages is re-exported here (see SPEC.md).
+"""
+from ._backend import available_backends, get_backend, set_backend
+from . import ops  # noqa: F401  registers the torch.ops.tltorch_ext.* operators
+from . import adaptation, distill, fewshot, finetune
+from .adaptation import *  # noqa: F401,F403
+from .distill import *  # noqa: F401,F403
+from .fewshot import *  # noqa: F401,F403
+from .finetune import *  # noqa: F401,F403
+
+__version__ = "0.1.0"
+__all__ = (
+    ["available_backends", "get_backend", "set_backend"]
+    + adaptation.__all__
+    + distill.__all__
+    + fewshot.__all__
+    + finetune.__all__
+)

@@ -1,0 +1,126 @@
+"""Backend selection for the hot-path ops.
+
+Backends: ``reference`` (plain PyTorch), ``triton`` (kernels in ``tltorch_ext.kernels``; on CPU
+tensors only under ``TRITON_INTERPRET=1``), ``cpu`` and ``cuda`` (the compiled ``_C`` module), and
+``auto``, which picks per op and device type from the order in ``auto_backends.json``: the fastest
+backend measured by ``tltorch-ext bench`` first (see benchmarks/results/). The choice is made when
+an op runs, so it also holds inside ``torch.compile``d code.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("auto", "reference", "triton", "cpu", "cuda")
+AUTO_TABLE = Path(__file__).with_name("auto_backends.json")
+# Order used where auto_backends.json has no measured entry for an op and device type.
+_DEFAULT_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+_current = contextvars.ContextVar(
+    "tltorch_ext_backend", default=_check_name(os.environ.get("TLTORCH_EXT_BACKEND", "auto"))
+)
+
+
+def _as_device_type(device) -> str:
+    if isinstance(device, torch.Tensor):
+        device = device.device
+    return torch.device(device).type
+
+
+def _triton_usable(device_type: str) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    # On CPU tensors Triton runs only in its interpreter (slow: for tests).
+    return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_backends(device="cpu") -> list[str]:
+    """Concrete backends that can run on ``device`` (a device, its name, or a tensor)."""
+    device_type = _as_device_type(device)
+    found = ["reference"]
+    if _triton_usable(device_type):
+        found.append("triton")
+    if device_type == "cpu" and _ext.has_cpu():
+        found.append("cpu")
+    if device_type == "cuda" and _ext.has_cuda() and torch.cuda.is_available():
+        found.append("cuda")
+    return found
+
+
+def get_backend() -> str:
+    """The backend name in force (``auto`` unless set)."""
+    return _current.get()
+
+
+class _Restore(contextlib.AbstractContextManager):
+    def __init__(self, token):
+        self._token = token
+
+    def __exit__(self, *exc):
+        _current.reset(self._token)
+        return False
+
+
+def set_backend(name: str) -> contextlib.AbstractContextManager:
+    """Select the backend of every hot-path op.
+
+    Use as a call (``set_backend("triton")``) or a context manager
+    (``with set_backend("reference"): ...``, restoring the previous choice on exit). A backend that
+    cannot run on any device of this machine is refused at once.
+    """
+    _check_name(name)
+    if name != "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if not any(name in available_backends(d) for d in devices):
+            raise RuntimeError(
+                f"backend {name!r} is not available on this machine; available: "
+                f"{ {d: available_backends(d) for d in devices} }"
+            )
+    return _Restore(_current.set(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_table() -> dict:
+    try:
+        return json.loads(AUTO_TABLE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def auto_order(op: str, device_type: str) -> tuple[str, ...]:
+    """Backends ``auto`` tries for ``op`` on ``device_type``, fastest measured first."""
+    measured = _auto_table().get(op, {}).get(device_type)
+    return tuple(measured or _DEFAULT_AUTO_ORDER.get(device_type, ("reference",)))
+
+
+def resolve(op: str, device) -> str:
+    """The concrete backend that runs ``op`` for tensors on ``device``."""
+    device_type = _as_device_type(device)
+    name = _current.get()
+    available = available_backends(device_type)
+    if name == "auto":
+        return next((b for b in auto_order(op, device_type) if b in available), "reference")
+    if name not in available:
+        raise RuntimeError(
+            f"tltorch_ext backend {name!r} cannot run {op} on {device_type} tensors; "
+            f"available there: {available}"
+        )
+    return name

@@ -1,0 +1,2 @@
+"""adaptation."""
+__all__ = []

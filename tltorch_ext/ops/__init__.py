@@ -1,0 +1,1 @@
+"""Hot-path operators: torch.ops.tltorch_ext.*, one module per op family."""

@@ -1,0 +1,1 @@
+"""Plain-PyTorch references: the tests' oracle and the fallback backend."""
