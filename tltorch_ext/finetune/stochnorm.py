@@ -1,0 +1,126 @@
+"""StochNorm (SPEC §1.1): BatchNorm whose channels each normalize, at random, with the batch or
+the running statistics during fine-tuning.
+
+The modules subclass ``_BatchNorm``, so a BatchNorm ``state_dict`` loads unchanged; the fused op
+lives in :mod:`tltorch_ext.ops.stoch_norm`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..ops.stoch_norm import stoch_norm, update_running_stats
+
+
+class _StochNorm(_BatchNorm):
+    """In training with running statistics, channel c draws s_c ~ Bernoulli(p) once per forward
+    and normalizes with
+        x̂ = s_c (x − μ_B)/√(σ²_B + ε) + (1 − s_c)(x − μ_R)/√(σ²_R + ε),   y = γ x̂ + β,
+    μ_R, σ²_R being the running statistics before this step; the running statistics then update
+    as BatchNorm's. In evaluation, or with ``track_running_stats=False``, it is BatchNorm.
+    """
+
+    _ndims: tuple[int, ...] = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, p=0.5, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        self.p = float(p)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, p={self.p}"
+
+    def _check_input_dim(self, input):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in self._ndims:
+            raise ValueError(
+                f"{type(self).__name__} expects input of {' or '.join(map(str, self._ndims))} "
+                f"dimensions, got shape {tuple(input.shape)}"
+            )
+        if input.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.num_features}) got input with {input.shape[1]} "
+                f"channels (shape {tuple(input.shape)})"
+            )
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        if not (self.training and self.track_running_stats):
+            return super().forward(input)
+        # Same factor as _BatchNorm: momentum, or a cumulative average when momentum is None.
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        mask = torch.rand(self.num_features, device=input.device) < self.p
+        y, _, _, batch_mean, batch_var = stoch_norm(
+            input, self.weight, self.bias, self.running_mean, self.running_var, mask, self.eps
+        )
+        update_running_stats(self.running_mean, self.running_var, batch_mean, batch_var,
+                             input.numel() // self.num_features, factor)
+        return y
+
+
+class StochNorm1d(_StochNorm):
+    """StochNorm over (N, C) or (N, C, L) input."""
+
+    _ndims = (2, 3)
+
+
+class StochNorm2d(_StochNorm):
+    """StochNorm over (N, C, H, W) input, contiguous or channels_last (the output keeps it)."""
+
+    _ndims = (4,)
+
+
+class StochNorm3d(_StochNorm):
+    """StochNorm over (N, C, D, H, W) input."""
+
+    _ndims = (5,)
+
+
+_STOCHNORM_OF = {
+    nn.BatchNorm1d: StochNorm1d,
+    nn.BatchNorm2d: StochNorm2d,
+    nn.BatchNorm3d: StochNorm3d,
+    nn.SyncBatchNorm: StochNorm2d,
+}
+
+
+def _replacement(bn: _BatchNorm, p: float) -> _StochNorm:
+    param = bn.weight if bn.weight is not None else bn.running_mean
+    new = _STOCHNORM_OF[type(bn)](
+        bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, p,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None else None,
+    )
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight)
+            new.bias.copy_(bn.bias)
+            new.weight.requires_grad_(bn.weight.requires_grad)
+            new.bias.requires_grad_(bn.bias.requires_grad)
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean)
+            new.running_var.copy_(bn.running_var)
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    new.train(bn.training)
+    return new
+
+
+def convert_model(module: nn.Module, p: float) -> nn.Module:
+    """Replace every BatchNorm1d/2d/3d (and SyncBatchNorm, as 2-d) inside ``module`` by the
+    StochNorm of the same dimension, keeping parameters, statistics, device, dtype and
+    ``requires_grad``. Returns the module (``module`` itself is returned replaced when it is a
+    BatchNorm)."""
+    if type(module) in _STOCHNORM_OF:
+        return _replacement(module, p)
+    for name, child in module.named_children():
+        setattr(module, name, convert_model(child, p))
+    return module
+

@@ -1,0 +1,45 @@
+"""Route an op's forward/backward to the backend chosen for the tensors' device.
+
+Every backend exposes the same functions with the same signatures:
+- ``reference``: ``tltorch_ext.reference.<op>.<fn>`` (plain PyTorch),
+- ``triton``: ``tltorch_ext.kernels.<op>.<fn>`` (Triton launchers),
+- ``cpu`` / ``cuda``: ``tltorch_ext._C.<op>_<fn>_<backend>`` (compiled C++ / CUDA).
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .. import _backend, _ext
+
+_PACKAGES = {"reference": "tltorch_ext.reference", "triton": "tltorch_ext.kernels"}
+
+
+def implementation(op: str, fn: str, device: torch.device):
+    """The function ``fn`` of ``op`` in the backend resolved for ``device``."""
+    backend = _backend.resolve(op, device)
+    if backend in _PACKAGES:
+        return getattr(importlib.import_module(f"{_PACKAGES[backend]}.{op}"), fn)
+    return getattr(_ext.extension(), f"{op}_{fn}_{backend}")
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_floating(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def check_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != reference.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {reference_name} is on {reference.device}; "
+                "all tensors of one call must be on the same device"
+            )
