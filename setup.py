@@ -8,7 +8,7 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 CXX_FLAGS = ["-O3", "-fopenmp"]
-NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
 def _with_cuda() -> bool:
