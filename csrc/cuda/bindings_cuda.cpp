@@ -1,6 +1,6 @@
 // The only CUDA file that includes torch: checks tensors, takes the current stream, and calls the
 // torch-free launchers declared in the .cuh headers beside it.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "ops.h"
