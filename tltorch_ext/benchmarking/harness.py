@@ -1,0 +1,226 @@
+"""Benchmark harness behind ``tltorch-ext bench`` and ``benchmarks/test_bench_*.py``.
+
+An op's cases live in ``tltorch_ext/benchmarking/<op>.py``: a generator decorated with
+``@register("<op>")`` that takes ``(device, quick)`` and yields :class:`Case` objects. A case is one
+workload (say "fwd+bwd 32x64x56x56 fp32 NCHW") and the candidates that compute it: each a
+zero-argument callable doing the work once (inputs made beforehand, outside the callable).
+:func:`with_backends` turns one callable into a candidate per tltorch_ext backend. The harness
+times every candidate (median over repetitions, CUDA events on GPU), measures its peak memory,
+and reports the speedup over the case's baseline and, given bytes or flops, the achieved rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .. import _backend
+
+OPS = ("stoch_norm", "fsp", "nst", "bss", "finetune_step")
+_CASES: dict[str, Callable[[torch.device, bool], Iterable["Case"]]] = {}
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    group: str
+    candidates: dict[str, Callable[[], object]]
+    baseline: str
+    bytes_moved: int | None = None  # for GB/s
+    flops: int | None = None  # for TFLOP/s
+
+
+@dataclasses.dataclass
+class Result:
+    op: str
+    group: str
+    candidate: str
+    median_ms: float
+    speedup: float  # baseline median / this median
+    peak_mb: float
+    gbps: float | None
+    tflops: float | None
+
+
+def register(op: str):
+    """Decorator for an op's case generator ``fn(device, quick) -> Iterable[Case]``."""
+    def decorate(fn):
+        _CASES[op] = fn
+        return fn
+    return decorate
+
+
+def cases(op: str, device: torch.device, quick: bool) -> list[Case]:
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; benchmarked ops: {OPS}")
+    importlib.import_module(f"{__package__}.{op}")
+    return list(_CASES[op](torch.device(device), quick))
+
+
+def with_backends(fn: Callable[[], object], device) -> dict[str, Callable[[], object]]:
+    """One candidate per tltorch_ext backend that runs on ``device`` (the Triton interpreter on
+    CPU tensors excepted: it is a correctness tool, not a backend to time)."""
+    device_type = torch.device(device).type
+    out = {}
+    for name in _backend.available_backends(device_type):
+        if name == "triton" and device_type == "cpu":
+            continue
+
+        def run(name=name):
+            with _backend.set_backend(name):
+                return fn()
+        out[f"tltorch_ext[{name}]"] = run
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    """Median wall time of one call in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    if device.type == "cuda":
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory allocated by torch during one call, above what was allocated before it."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    # On CPU, replay the profiler's per-op allocations and frees in time order.
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def run_case(case: Case, device: torch.device, quick: bool) -> list[Result]:
+    warmup, reps = (1, 3) if quick else (3, 15)
+    medians = {name: time_ms(fn, device, warmup, reps) for name, fn in case.candidates.items()}
+    base = medians[case.baseline]
+    results = []
+    for name, fn in case.candidates.items():
+        ms = medians[name]
+        results.append(Result(
+            op=case.op, group=case.group, candidate=name, median_ms=ms,
+            speedup=base / ms, peak_mb=peak_memory_mb(fn, device),
+            gbps=case.bytes_moved / ms / 1e6 if case.bytes_moved else None,
+            tflops=case.flops / ms / 1e9 if case.flops else None,
+        ))
+    return results
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device_type": device.type, "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    try:
+        import triton  # noqa: PLC0415
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def format_table(results: list[Result]) -> str:
+    header = f"{'op':<13} {'case':<40} {'candidate':<28} {'median ms':>10} {'speedup':>8} {'peak MB':>9} {'GB/s':>7}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        rate = f"{r.gbps:7.0f}" if r.gbps else f"{'':>7}"
+        lines.append(f"{r.op:<13} {r.group:<40} {r.candidate:<28} {r.median_ms:10.3f} "
+                     f"{r.speedup:7.2f}x {r.peak_mb:9.1f} {rate}")
+    return "\n".join(lines)
+
+
+def fastest_backends(results: list[Result], device_type: str) -> dict[str, dict[str, list[str]]]:
+    """Per op, the tltorch_ext backends ordered by their total median time over all cases."""
+    totals: dict[str, dict[str, float]] = {}
+    for r in results:
+        if r.candidate.startswith("tltorch_ext["):
+            backend = r.candidate[len("tltorch_ext["):-1]
+            per_op = totals.setdefault(r.op, {})
+            per_op[backend] = per_op.get(backend, 0.0) + r.median_ms
+    return {op: {device_type: sorted(t, key=t.get)} for op, t in totals.items()}
+
+
+def write_json(results: list[Result], device: torch.device, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "device": device_info(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def plot(results: list[Result], path: Path) -> None:
+    """Speedup over each case's baseline, one bar per candidate, one panel per op."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    ops = sorted({r.op for r in results})
+    fig, axes = plt.subplots(len(ops), 1, figsize=(12, 3.2 * len(ops)), squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        rows = [r for r in results if r.op == op]
+        groups = list(dict.fromkeys(r.group for r in rows))
+        names = list(dict.fromkeys(r.candidate for r in rows))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            xs, ys = [], []
+            for g, group in enumerate(groups):
+                match = [r for r in rows if r.group == group and r.candidate == name]
+                if match:
+                    xs.append(g + i * width)
+                    ys.append(match[0].speedup)
+            ax.bar(xs, ys, width, label=name)
+        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, fontsize=7,
+                      rotation=15)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup vs baseline")
+        ax.set_title(op)
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

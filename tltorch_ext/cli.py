@@ -1,0 +1,78 @@
+"""``tltorch-ext demo`` (the transfer-learning comparison) and ``tltorch-ext bench``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _bench(args) -> int:
+    from .benchmarking import harness  # noqa: PLC0415
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    results = []
+    for op in args.ops:
+        for case in harness.cases(op, device, args.quick):
+            if not args.quiet:
+                print(f"[bench] {op}: {case.group}", file=sys.stderr, flush=True)
+            results += harness.run_case(case, device, args.quick)
+    print(harness.format_table(results))
+    out = Path(args.out)
+    name = harness.device_info(device)["name"].replace(" ", "_") if device.type == "cuda" else "cpu"
+    stem = f"{name}{'-quick' if args.quick else ''}"
+    harness.write_json(results, device, out / f"{stem}.json")
+    harness.plot(results, out / f"{stem}.png")
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
+    if args.update_auto:
+        from . import _backend  # noqa: PLC0415
+
+        table = json.loads(_backend.AUTO_TABLE.read_text()) if _backend.AUTO_TABLE.exists() else {}
+        for op, per_device in harness.fastest_backends(results, device.type).items():
+            table.setdefault(op, {}).update(per_device)
+        _backend.AUTO_TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        print(f"updated {_backend.AUTO_TABLE}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .benchmarking.harness import OPS  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="tltorch-ext", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="benchmark the fused ops against their alternatives")
+    bench.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    bench.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--out", default="benchmarks/results", help="folder for JSON and PNG")
+    bench.add_argument("--update-auto", action="store_true",
+                       help="record the fastest backend per op for the 'auto' choice")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=_bench)
+
+    from .demo import add_arguments  # noqa: PLC0415
+
+    demo = sub.add_parser("demo", help="fine-tuning methods compared on a small transfer task")
+    add_arguments(demo)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
