@@ -78,7 +78,8 @@ def loop_crd_loss(crd, memory_s, memory_t, f_s, f_t, contrast_idx):
 
     b, t = f_s.shape[0], crd.contrast.nce_t
     total, normalizers = 0.0, []
-    for linear, f, bank in ((crd.embed_s.linear, f_s, memory_t), (crd.embed_t.linear, f_t, memory_s)):
+    sides = ((crd.embed_s.linear, f_s, memory_t), (crd.embed_t.linear, f_t, memory_s))
+    for linear, f, bank in sides:
         scores = [[math.exp(sum(a * bank[k, d].item() for d, a in enumerate(embed(linear, f[i])))
                             / t) for k in contrast_idx[i].tolist()] for i in range(b)]
         z = sum(map(sum, scores)) / (b * (K + 1)) * N_DATA

@@ -35,7 +35,8 @@ class KDLoss(nn.Module):
         return f"T={self.T}"
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        named = (("student_logits", student_logits), ("teacher_logits", teacher_logits))
+        for name, logits in named:
             if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got "
                                 f"{getattr(logits, 'dtype', type(logits).__name__)}")
