@@ -41,7 +41,8 @@ def test_grad_reverse_is_identity_with_negated_scaled_gradient(coeff):
 
 def test_gradient_reverse_layer_default_coeff_is_one():
     upstream = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert torch.equal(reversed_grad(GradientReverseLayer(), torch.randn(2, 2), upstream), -upstream)
+    grad = reversed_grad(GradientReverseLayer(), torch.randn(2, 2), upstream)
+    assert torch.equal(grad, -upstream)
 
 
 def test_grad_reverse_keeps_half_precision_gradient_dtype():
@@ -52,7 +53,9 @@ def test_grad_reverse_keeps_half_precision_gradient_dtype():
 
 
 def test_grad_reverse_under_torch_compile():
-    compiled = torch.compile(lambda x, c: grad_reverse(x, c) * 3.0, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda x, c: grad_reverse(x, c) * 3.0, backend="aot_eager", fullgraph=True
+    )
     for coeff in (0.5, 0.75):
         x = torch.randn(5, requires_grad=True)
         compiled(x, coeff).sum().backward()
@@ -182,7 +185,8 @@ def test_dann_gradients_reversed_for_features_not_for_discriminator():
     loss_fn, disc = sigmoid_dann()
     f_s, f_t = F_S.clone().requires_grad_(True), F_T.clone().requires_grad_(True)
     loss_fn(f_s, f_t).backward()
-    # d loss / d z: 1/2 (sigmoid(z) - 1)/N_s for source, 1/2 sigmoid(z)/N_t for target; d z / d f = w.
+    # d loss / d z = 1/2 (sigmoid(z) - 1) / N_s for source, 1/2 sigmoid(z) / N_t for target;
+    # d z / d f = w.
     dz_s = [0.5 * (sigmoid(z) - 1.0) / 2 for z in Z_S]
     dz_t = [0.5 * sigmoid(z) / 3 for z in Z_T]
     w = torch.tensor([1.0, -1.0])
@@ -203,7 +207,8 @@ def test_dann_two_logit_softmax_hand_values():
 
     ce_s = [cross_entropy(z, 1) for z in logits_s]
     ce_t = [cross_entropy(z, 0) for z in logits_t]
-    assert loss_fn(F_S, F_T).item() == pytest.approx(0.5 * (sum(ce_s) / 2 + sum(ce_t) / 3), rel=1e-6)
+    expected = 0.5 * (sum(ce_s) / 2 + sum(ce_t) / 3)
+    assert loss_fn(F_S, F_T).item() == pytest.approx(expected, rel=1e-6)
     # Argmax: source (0, 1) right once; target (0, 1, 1) right once.
     assert float(loss_fn.domain_discriminator_accuracy) == pytest.approx(0.5 * (50.0 + 100.0 / 3))
 
@@ -227,6 +232,13 @@ def test_dann_default_grl_warm_starts_from_zero_and_steps():
     assert loss_fn.domain_discriminator[0].weight.grad.abs().sum() > 0
     assert int(loss_fn.grl.iter_num) == 1
     assert "grl.iter_num" in loss_fn.state_dict()
+
+
+def test_dann_bad_weights_do_not_advance_the_schedule():
+    loss_fn = DomainAdversarialLoss(DomainDiscriminator(2, 4))
+    with pytest.raises(ValueError, match=r"w_t must have shape \(3,\)"):
+        loss_fn(F_S, F_T, w_t=torch.ones(2))
+    assert int(loss_fn.grl.iter_num) == 0
 
 
 def test_dann_under_autocast_matches_float32():
@@ -258,17 +270,19 @@ def test_domain_discriminator_layout():
     [
         (lambda: DomainAdversarialLoss(DomainDiscriminator(2, 4), reduction="avg"), ValueError,
          r"reduction must be one of \('none', 'mean', 'sum'\)"),
-        (lambda: DomainAdversarialLoss(lambda x: x), TypeError, "domain_discriminator must be an nn.Module"),
-        (lambda: sigmoid_dann()[0](F_S, F_T, w_s=torch.ones(3)), ValueError, r"w_s must have shape \(2,\)"),
+        (lambda: DomainAdversarialLoss(lambda x: x), TypeError,
+         "domain_discriminator must be an nn.Module"),
+        (lambda: sigmoid_dann()[0](F_S, F_T, w_s=torch.ones(3)), ValueError,
+         r"w_s must have shape \(2,\)"),
         (lambda: sigmoid_dann()[0](F_S, F_T, w_t=torch.ones(3, dtype=torch.long)), TypeError,
          "w_t must have a floating dtype"),
         (lambda: sigmoid_dann()[0](F_S, torch.ones(3, 4)), ValueError, "share the feature shape"),
         (lambda: sigmoid_dann()[0](F_S, torch.ones(0, 2)), ValueError, "at least one sample"),
         (lambda: sigmoid_dann()[0](F_S.long(), F_T), TypeError, "f_s must have a floating dtype"),
-        (lambda: DomainAdversarialLoss(DomainDiscriminator(2, 4), sigmoid=False)(F_S, F_T), ValueError,
-         r"sigmoid=False .* shape \(5, 2\), got \(5, 1\)"),
-        (lambda: DomainAdversarialLoss(DomainDiscriminator(2, 4, out_features=2))(F_S, F_T), ValueError,
-         r"sigmoid=True .* got \(5, 2\)"),
+        (lambda: DomainAdversarialLoss(DomainDiscriminator(2, 4), sigmoid=False)(F_S, F_T),
+         ValueError, r"sigmoid=False .* shape \(5, 2\), got \(5, 1\)"),
+        (lambda: DomainAdversarialLoss(DomainDiscriminator(2, 4, out_features=2))(F_S, F_T),
+         ValueError, r"sigmoid=True .* got \(5, 2\)"),
         (lambda: DomainDiscriminator(2, 4, out_features=3), ValueError, "out_features must be 1"),
         (lambda: DomainDiscriminator(0, 4), ValueError, "in_feature must be a positive integer"),
     ],
@@ -278,7 +292,7 @@ def test_dann_bad_input(call, error, match):
         call()
 
 
-# ---------------------------------------------------------------- worked example (docs/api_adaptation.md)
+# ---------------------------------------------------------------- worked example (docs)
 def two_moons(n, angle_deg, generator, noise=0.1):
     """Two interleaved half circles, rotated by angle_deg about their centre (0.5, 0.25)."""
     labels = torch.arange(n) % 2

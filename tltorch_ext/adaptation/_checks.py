@@ -31,14 +31,16 @@ def check_floating(name: str, x, ndim=None) -> torch.Tensor:
 
 
 def check_per_sample(name: str, v, n: int, device: torch.device, allow_bool=False) -> torch.Tensor:
-    """Raise unless ``v`` is a vector of n floating (or, if allowed, boolean) values on ``device``."""
+    """Raise unless ``v`` is a vector of n floating (or, if allowed, bool) values on ``device``."""
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(v)}")
     if not (v.is_floating_point() or (allow_bool and v.dtype == torch.bool)):
         kinds = "a floating or bool" if allow_bool else "a floating"
         raise TypeError(f"{name} must have {kinds} dtype, got {v.dtype}")
     if v.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one value per sample), got {tuple(v.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({n},) (one value per sample), got {tuple(v.shape)}"
+        )
     if v.device != device:
         raise ValueError(f"{name} must be on {device}, got {v.device}")
     return v

@@ -1,5 +1,6 @@
-"""Domain-adversarial training (DANN, Ganin et al., 2016): a discriminator tells source features from
-target features through a gradient reversal layer, so the feature extractor learns to confuse it."""
+"""Domain-adversarial training (DANN, Ganin et al., 2016): a discriminator tells source features
+from target features through a gradient reversal layer, so the feature extractor learns to confuse
+it."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,8 +15,8 @@ class DomainDiscriminator(nn.Sequential):
     """Two-hidden-layer MLP from features (N, in_feature) to domain logits (N, out_features).
 
     With ``batch_norm``: Linear → BatchNorm1d → ReLU, twice, then Linear. Without: Linear → ReLU →
-    Dropout(0.5), twice, then Linear. The output is raw logits (no sigmoid), so that the loss can use
-    the numerically stable, autocast-safe "with logits" forms.
+    Dropout(0.5), twice, then Linear. The output is raw logits (no sigmoid), so that the loss can
+    use the numerically stable, autocast-safe "with logits" forms.
 
     Args:
         in_feature: feature dimension.
@@ -30,7 +31,9 @@ class DomainDiscriminator(nn.Sequential):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if out_features not in (1, 2):
-            raise ValueError(f"out_features must be 1 (sigmoid) or 2 (softmax), got {out_features!r}")
+            raise ValueError(
+                f"out_features must be 1 (sigmoid) or 2 (softmax), got {out_features!r}"
+            )
         layers = []
         for fan_in in (in_feature, hidden_size):
             layers.append(nn.Linear(fan_in, hidden_size))
@@ -66,15 +69,17 @@ class DomainAdversarialLoss(nn.Module):
         domain_discriminator: module mapping features (N, ...) to logits (N, 1) or (N,) when
             ``sigmoid``, else (N, 2).
         reduction: 'none' | 'mean' | 'sum'.
-        grl: the gradient reversal module; default
-            ``WarmStartGradientReverseLayer(alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=True)``.
+        grl: the gradient reversal module; by default ``WarmStartGradientReverseLayer(alpha=1.0,
+            lo=0.0, hi=1.0, max_iters=1000, auto_step=True)``.
         sigmoid: one-logit binary cross-entropy (True) or two-logit softmax cross-entropy (False).
     """
 
     def __init__(self, domain_discriminator: nn.Module, reduction="mean", grl=None, sigmoid=True):
         super().__init__()
         if not isinstance(domain_discriminator, nn.Module):
-            raise TypeError(f"domain_discriminator must be an nn.Module, got {type(domain_discriminator)}")
+            raise TypeError(
+                f"domain_discriminator must be an nn.Module, got {type(domain_discriminator)}"
+            )
         if grl is not None and not callable(grl):
             raise TypeError(f"grl must be a callable module or None, got {type(grl)}")
         self.domain_discriminator = domain_discriminator
@@ -91,14 +96,14 @@ class DomainAdversarialLoss(nn.Module):
         if self.sigmoid:
             if logits.shape not in ((n,), (n, 1)):
                 raise ValueError(
-                    f"with sigmoid=True the domain discriminator must return logits of shape ({n}, 1) "
-                    f"or ({n},), got {tuple(logits.shape)}"
+                    f"with sigmoid=True the domain discriminator must return logits of shape "
+                    f"({n}, 1) or ({n},), got {tuple(logits.shape)}"
                 )
             return logits.reshape(n)
         if logits.shape != (n, 2):
             raise ValueError(
-                f"with sigmoid=False the domain discriminator must return logits of shape ({n}, 2), "
-                f"got {tuple(logits.shape)}"
+                f"with sigmoid=False the domain discriminator must return logits of shape "
+                f"({n}, 2), got {tuple(logits.shape)}"
             )
         return logits
 
@@ -116,6 +121,11 @@ class DomainAdversarialLoss(nn.Module):
                 f"{f_s.device} and {tuple(f_t.shape)} on {f_t.device}"
             )
         n_s, n_t = f_s.shape[0], f_t.shape[0]
+        # Checked before the GRL runs: a warm-start GRL steps its schedule on every call.
+        if w_s is not None:
+            check_per_sample("w_s", w_s, n_s, f_s.device)
+        if w_t is not None:
+            check_per_sample("w_t", w_t, n_t, f_t.device)
         logits = self._logits(torch.cat([f_s, f_t]))
         is_source = torch.arange(n_s + n_t, device=logits.device) < n_s
         if self.sigmoid:
@@ -129,9 +139,9 @@ class DomainAdversarialLoss(nn.Module):
             correct = logits.detach().argmax(dim=1) == labels
         loss_s, loss_t = per_sample.split([n_s, n_t])
         if w_s is not None:
-            loss_s = loss_s * check_per_sample("w_s", w_s, n_s, f_s.device)
+            loss_s = loss_s * w_s
         if w_t is not None:
-            loss_t = loss_t * check_per_sample("w_t", w_t, n_t, f_t.device)
+            loss_t = loss_t * w_t
 
         correct_s, correct_t = correct.split([n_s, n_t])
         self.domain_discriminator_accuracy = 50.0 * (

@@ -1,4 +1,4 @@
-"""Gradient reversal (Ganin & Lempitsky, 2015): identity forward, scaled negated gradient backward."""
+"""Gradient reversal (Ganin & Lempitsky, 2015): identity forward, negated scaled gradient back."""
 import math
 import numbers
 
@@ -31,7 +31,9 @@ def _check_coeff(coeff):
                 f"{tuple(coeff.shape)} and dtype {coeff.dtype}"
             )
     elif isinstance(coeff, bool) or not isinstance(coeff, numbers.Real):
-        raise TypeError(f"coeff must be a real number or a 0-dim floating tensor, got {type(coeff)}")
+        raise TypeError(
+            f"coeff must be a real number or a 0-dim floating tensor, got {type(coeff)}"
+        )
 
 
 def grad_reverse(x: torch.Tensor, coeff=1.0) -> torch.Tensor:
@@ -51,7 +53,8 @@ def grad_reverse(x: torch.Tensor, coeff=1.0) -> torch.Tensor:
 
 
 class GradientReverseLayer(nn.Module):
-    """Module form of :func:`grad_reverse`: ``forward(x, coeff=1.0)`` is identity, gradient × −coeff."""
+    """Module form of :func:`grad_reverse`: ``forward(x, coeff=1.0)``, identity forward, gradient
+    × −coeff backward."""
 
     def forward(self, x: torch.Tensor, coeff=1.0) -> torch.Tensor:
         return grad_reverse(x, coeff)
@@ -77,7 +80,8 @@ class WarmStartGradientReverseLayer(nn.Module):
         max_iters: the iteration count that normalizes i (positive integer).
         auto_step: when True, each forward pass in training mode advances i by one after use.
 
-    The iteration i is the int64 buffer ``iter_num`` (saved in ``state_dict``); ``step()`` advances it.
+    The iteration i is the int64 buffer ``iter_num`` (saved in ``state_dict``); ``step()``
+    advances it, ``coeff`` reads the current coefficient.
     """
 
     def __init__(self, alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False):
@@ -85,7 +89,8 @@ class WarmStartGradientReverseLayer(nn.Module):
         _check_finite("alpha", alpha)
         _check_finite("lo", lo)
         _check_finite("hi", hi)
-        if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+        if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) \
+                or max_iters < 1:
             raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
         self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
         self.max_iters = int(max_iters)
@@ -93,8 +98,8 @@ class WarmStartGradientReverseLayer(nn.Module):
         self.register_buffer("iter_num", torch.zeros((), dtype=torch.int64))
 
     def _coeff_tensor(self) -> torch.Tensor:
-        # Computed on the buffer's device (no host sync in forward), float32 so that every backend
-        # supports it; the 0-dim tensor multiplies gradients of any dtype and device.
+        # A 0-dim float32 tensor on the buffer's device: no host sync in forward, no recompilation
+        # under torch.compile as i changes, and it scales gradients of any floating dtype.
         progress = self.iter_num.to(torch.float32) * (self.alpha / self.max_iters)
         span = self.hi - self.lo
         return 2.0 * span / (1.0 + torch.exp(-progress)) - span + self.lo

@@ -71,7 +71,9 @@ class ConsistencyLoss(nn.Module):
         distance = self.distance_measure(y, y_teacher)
         if not isinstance(distance, torch.Tensor) or distance.shape != (n,):
             got = tuple(distance.shape) if isinstance(distance, torch.Tensor) else type(distance)
-            raise ValueError(f"distance_measure must return one value per sample, shape ({n},), got {got}")
+            raise ValueError(
+                f"distance_measure must return one value per sample, shape ({n},), got {got}"
+            )
         if mask is not None:
             mask = check_per_sample("mask", mask, n, y.device, allow_bool=True)
             distance = distance * mask.to(distance.dtype)
@@ -91,13 +93,14 @@ class L2ConsistencyLoss(ConsistencyLoss):
 
 
 class ClassBalanceLoss(nn.Module):
-    """Binary cross-entropy between the batch-mean prediction p̄ = mean_i pred[i] (C,) and the uniform
-    vector u = 1/C:
+    """Binary cross-entropy between the batch-mean prediction p̄ = mean_i pred[i] (C,) and the
+    uniform vector u = 1/C:
 
         L = −(1/C) Σ_c [u log p̄_c + (1 − u) log(1 − p̄_c)],
 
     with each log clamped below at −100 (as torch's binary cross-entropy does), computed in float32
-    or wider and returned in pred's dtype. It keeps self-training from collapsing onto a few classes.
+    or wider and returned in pred's dtype. It keeps self-training from collapsing onto a few
+    classes.
 
     Args:
         num_classes: C.
