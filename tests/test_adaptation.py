@@ -241,6 +241,24 @@ def test_dann_bad_weights_do_not_advance_the_schedule():
     assert int(loss_fn.grl.iter_num) == 0
 
 
+def test_dann_compiles_fullgraph_and_matches_eager():
+    torch.manual_seed(0)
+    eager = DomainAdversarialLoss(DomainDiscriminator(4, 8))  # default warm-start GRL, auto_step
+    module = DomainAdversarialLoss(DomainDiscriminator(4, 8))
+    module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        f_s, f_t, w_s = torch.randn(5, 4), torch.randn(3, 4), torch.rand(5)
+        x_eager, x_compiled = f_s.clone().requires_grad_(True), f_s.clone().requires_grad_(True)
+        loss_eager, loss_compiled = eager(x_eager, f_t, w_s), compiled(x_compiled, f_t, w_s)
+        loss_eager.backward()
+        loss_compiled.backward()
+        assert torch.allclose(loss_compiled, loss_eager, rtol=1e-6)
+        assert torch.allclose(x_compiled.grad, x_eager.grad, rtol=1e-5, atol=1e-8)
+        assert float(module.domain_discriminator_accuracy) == float(eager.domain_discriminator_accuracy)
+    assert int(module.grl.iter_num) == int(eager.grl.iter_num) == 3
+
+
 def test_dann_under_autocast_matches_float32():
     torch.manual_seed(0)
     loss_fn = DomainAdversarialLoss(DomainDiscriminator(16, 32), grl=GradientReverseLayer())
