@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import tltorch_ext
+from tltorch_ext.distill import CRDLoss
 from tltorch_ext.distributed import all_gather_batch, is_distributed
 from tltorch_ext.finetune import StochNorm1d, StochNorm2d, StochNorm3d, SyncStochNorm
 from tltorch_ext.finetune.sync_stochnorm import sync_stoch_norm
@@ -94,6 +95,39 @@ def _train(model, x, labels, steps=2):
         optimizer.zero_grad()
 
 
+class _CRDStudent(nn.Module):
+    """A student and its CRD loss fed the group's batch: the DDP-safe recipe of
+    docs/api_distributed.md (single process: all_gather_batch is the identity)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.student = nn.Linear(3, 6)
+        self.crd = CRDLoss(6, 5, feat_dim=4, nce_k=3, n_data=10)
+
+    def forward(self, x, f_t, idx, contrast_idx):
+        return self.crd(*(all_gather_batch(t) for t in (self.student(x), f_t, idx, contrast_idx)))
+
+
+def _crd_steps(steps=2):
+    """Per step the whole batch (x, f_t, idx, contrast_idx); step 2 revisits examples 0-2."""
+    g = torch.Generator().manual_seed(21)
+    batches = []
+    for idx in (torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([2, 7, 0, 8, 1, 9])):
+        noise = torch.randint(0, 10, (N, 3), generator=g)
+        batches.append((torch.randn(N, 3, generator=g), torch.randn(N, 5, generator=g), idx,
+                        torch.cat([idx.unsqueeze(1), noise], dim=1)))
+    return batches[:steps]
+
+
+def _train_crd(model, rows=slice(None)):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for batch in _crd_steps():
+        model(*(t[rows] for t in batch)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 # ---------------------------------------------------------------- scenarios run on every rank
 
 def _scenario_module(kwargs):
@@ -148,6 +182,12 @@ def _scenario_ddp(rank):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _scenario_crd(rank):
+    model = _CRDStudent()
+    _train_crd(DistributedDataParallel(model, broadcast_buffers=False), _rows(rank))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _scenario_all_gather(rank):
     rows = rank + 2  # unequal batch sizes: 2 and 3
     t = (torch.arange(rows * 2, dtype=torch.float32).view(rows, 2) + 100 * rank).requires_grad_()
@@ -170,6 +210,7 @@ SCENARIOS = {
     "random_mask": _scenario_random_mask,
     "ddp": _scenario_ddp,
     "all_gather": _scenario_all_gather,
+    "crd": _scenario_crd,
 }
 
 
@@ -290,18 +331,33 @@ def test_random_mask_is_rank0s_draw_on_every_rank(ranks):
 
 
 def test_ddp_step_keeps_ranks_identical_and_matches_whole_batch(ranks, reference_backend):
-    states = [r["ddp"] for r in ranks]
-    for name, value in states[0].items():
-        assert torch.equal(states[1][name], value), name
     model = _small_model()
     x, labels = _train_data()
     torch.manual_seed(100)  # rank 0's seed: the same masks as the group's
     _train(model, x, labels)
     expected = model.state_dict()
+    _assert_ranks_identical_and_close([r["ddp"] for r in ranks], expected)
+    assert not torch.allclose(expected["0.weight"], _small_model().state_dict()["0.weight"])
+
+
+def _assert_ranks_identical_and_close(states, expected):
+    for name, value in states[0].items():
+        assert torch.equal(states[1][name], value), name
     assert expected.keys() == states[0].keys()
     for name, value in expected.items():
         torch.testing.assert_close(states[0][name], value, **TOL, msg=name)
-    assert not torch.allclose(expected["0.weight"], _small_model().state_dict()["0.weight"])
+
+
+def test_crd_banks_stay_identical_when_fed_the_gathered_batch(ranks):
+    # Without buffer broadcast, the memory banks, the normalizers Z and the trained weights agree
+    # across ranks and with one process training on the whole batch.
+    model = _CRDStudent()
+    initial_bank = model.crd.contrast.memory_s.clone()
+    _train_crd(model)
+    expected = model.state_dict()
+    _assert_ranks_identical_and_close([r["crd"] for r in ranks], expected)
+    moved = (expected["crd.contrast.memory_s"] - initial_bank).abs().sum(1) > 0
+    assert moved.tolist() == [True, True, True, True, True, True, False, True, True, True]
 
 
 def test_all_gather_batch_concatenates_and_sums_gradients(ranks):
