@@ -465,3 +465,11 @@ def test_bad_arguments():
         all_gather_batch([1, 2])
     with pytest.raises(TypeError, match="process_group must be None"):
         is_distributed(process_group=0)
+
+
+def test_docs_examples_run(reference_backend):
+    text = (Path(__file__).parents[1] / "docs" / "api_distributed.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block.split("```")[0], "api_distributed.md", "exec"), {})
