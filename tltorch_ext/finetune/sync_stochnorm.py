@@ -142,7 +142,9 @@ def sync_stoch_norm(
     """
     check_floating("x", x)
     if x.dim() < 2:
-        raise ValueError(f"x must be (N, C, *) with at least 2 dimensions, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be (N, C, *) with at least 2 dimensions, got shape {tuple(x.shape)}"
+        )
     if mask is not None and (running_mean is None or running_var is None):
         raise ValueError("running_mean and running_var are required when a mask is given")
     channels = x.shape[1]
@@ -200,7 +202,9 @@ class SyncStochNorm(_StochNorm):
         proposed_mask = None
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            # As StochNorm: momentum, or a cumulative average when momentum is None.
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
             proposed_mask = torch.rand(self.num_features, device=input.device) < self.p
         y, batch_mean, batch_var, _, count = sync_stoch_norm(
             input, self.weight, self.bias, self.running_mean, self.running_var, proposed_mask,
