@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import tltorch_ext
+from tltorch_ext.adaptation import EmaTeacher
 from tltorch_ext.distill import CRDLoss
 from tltorch_ext.distributed import all_gather_batch, is_distributed
 from tltorch_ext.finetune import StochNorm1d, StochNorm2d, StochNorm3d, SyncStochNorm
@@ -87,12 +88,18 @@ def _train_data():
     return torch.randn(N, 3, 5, 5, generator=g), torch.randint(0, 5, (N,), generator=g)
 
 
-def _train(model, x, labels, steps=2):
+def _train(model, teacher, x, labels, steps=2):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(steps):
         nn.functional.cross_entropy(model(x), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
+        teacher.update()
+
+
+def _trained_state(model, teacher):
+    return {**{k: v.detach().clone() for k, v in model.state_dict().items()},
+            **{f"ema.{k}": v.clone() for k, v in teacher.state_dict().items()}}
 
 
 class _CRDStudent(nn.Module):
@@ -176,10 +183,11 @@ def _scenario_ddp(rank):
     model = SyncStochNorm.convert_sync_stochnorm(_small_model())
     # No buffer broadcast: the running statistics must agree by themselves.
     ddp = DistributedDataParallel(model, broadcast_buffers=False)
+    teacher = EmaTeacher(model, alpha=0.5)
     x, labels = _train_data()
     torch.manual_seed(100 + rank)
-    _train(ddp, x[_rows(rank)], labels[_rows(rank)])
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _train(ddp, teacher, x[_rows(rank)], labels[_rows(rank)])
+    return _trained_state(model, teacher)
 
 
 def _scenario_crd(rank):
@@ -331,13 +339,17 @@ def test_random_mask_is_rank0s_draw_on_every_rank(ranks):
 
 
 def test_ddp_step_keeps_ranks_identical_and_matches_whole_batch(ranks, reference_backend):
+    # Parameters, SyncStochNorm statistics and the EMA teacher (parameters and copied buffers).
     model = _small_model()
+    teacher = EmaTeacher(model, alpha=0.5)
     x, labels = _train_data()
     torch.manual_seed(100)  # rank 0's seed: the same masks as the group's
-    _train(model, x, labels)
-    expected = model.state_dict()
+    _train(model, teacher, x, labels)
+    expected = _trained_state(model, teacher)
     _assert_ranks_identical_and_close([r["ddp"] for r in ranks], expected)
-    assert not torch.allclose(expected["0.weight"], _small_model().state_dict()["0.weight"])
+    initial = _small_model().state_dict()
+    for name in ("0.weight", "ema.teacher.0.weight", "1.running_var", "ema.teacher.1.running_var"):
+        assert not torch.allclose(expected[name], initial[name.removeprefix("ema.teacher.")]), name
 
 
 def _assert_ranks_identical_and_close(states, expected):
