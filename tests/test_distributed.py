@@ -137,10 +137,14 @@ def _train_crd(model, rows=slice(None)):
 
 # ---------------------------------------------------------------- scenarios run on every rank
 
-def _scenario_module(kwargs):
+def _all_on_rank0(rank):
+    return slice(0, N) if rank == 0 else slice(N, N)
+
+
+def _scenario_module(kwargs, rows=_rows):
     def run(rank):
         x, upstream = _batch()
-        return _run_norm(_norm(SyncStochNorm, **kwargs), x[_rows(rank)], upstream[_rows(rank)])
+        return _run_norm(_norm(SyncStochNorm, **kwargs), x[rows(rank)], upstream[rows(rank)])
     return run
 
 
@@ -213,6 +217,7 @@ SCENARIOS = {
     "p0": _scenario_module({"p": 0.0}),
     "p1_cumulative": _scenario_module({"p": 1.0, "momentum": None}),
     "no_running_stats": _scenario_module({"p": 0.5, "track_running_stats": False}),
+    "empty_rank": _scenario_module({"p": 1.0}, rows=_all_on_rank0),
     "fixed_mask": _scenario_fixed_mask,
     "large_mean": _scenario_large_mean,
     "random_mask": _scenario_random_mask,
@@ -292,6 +297,7 @@ def _assert_matches_whole_batch(halves, whole):
     ("p0", [(StochNorm2d, {"p": 0.0})]),
     ("p1_cumulative", [(nn.BatchNorm2d, {"momentum": None})]),
     ("no_running_stats", [(nn.BatchNorm2d, {"track_running_stats": False})]),
+    ("empty_rank", [(nn.BatchNorm2d, {})]),  # rank 1's input is (0, C, 3, 3)
 ])
 def test_half_batches_match_whole_batch(ranks, reference_backend, scenario, oracles):
     x, upstream = _batch()
