@@ -201,11 +201,8 @@ class SyncStochNorm(_StochNorm):
         self._check_input_dim(input)
         proposed_mask = None
         if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            # As StochNorm: momentum, or a cumulative average when momentum is None.
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                      else self.momentum)
-            proposed_mask = torch.rand(self.num_features, device=input.device) < self.p
+            factor = self._count_batch()
+            proposed_mask = self._draw_mask(input.device)
         y, batch_mean, batch_var, _, count = sync_stoch_norm(
             input, self.weight, self.bias, self.running_mean, self.running_var, proposed_mask,
             self.eps, self.process_group,
