@@ -1,2 +1,55 @@
-"""finetune."""
-__all__ = []
+"""finetune: regularizers and strategies for fine-tuning pre-trained models (SPEC §2, §5).
+
+The three ``Classifier`` variants are reached through their modules: ``lwf.Classifier``,
+``co_tuning.Classifier`` (the same class) and ``bi_tuning.Classifier``.
+"""
+from . import bi_tuning, co_tuning, lwf, strategies
+from .bi_tuning import BiTuning, Bituning
+from .co_tuning import CoTuningLoss, Relationship
+from .layer_getter import IntermediateLayerGetter
+from .lwf import LwFLoss, collect_pretrain_labels
+from .regularization import (
+    AttentionBehavioralRegularization,
+    BehavioralRegularization,
+    L2Regularization,
+    SPRegularization,
+    compute_channel_attention,
+)
+from .strategies import (
+    FeatureExtractor,
+    GradualUnfreezing,
+    extract_features,
+    forgetting,
+    freeze_policy,
+    layerwise_lr_groups,
+    replace_head,
+)
+
+__all__ = [
+    # regularizers (SPEC §2)
+    "L2Regularization",
+    "SPRegularization",
+    "BehavioralRegularization",
+    "AttentionBehavioralRegularization",
+    "compute_channel_attention",
+    "IntermediateLayerGetter",
+    # LwF, Co-Tuning, Bi-Tuning (SPEC §2)
+    "lwf",
+    "LwFLoss",
+    "collect_pretrain_labels",
+    "co_tuning",
+    "CoTuningLoss",
+    "Relationship",
+    "bi_tuning",
+    "BiTuning",
+    "Bituning",
+    # strategies (SPEC §5)
+    "strategies",
+    "FeatureExtractor",
+    "extract_features",
+    "GradualUnfreezing",
+    "layerwise_lr_groups",
+    "freeze_policy",
+    "forgetting",
+    "replace_head",
+]
