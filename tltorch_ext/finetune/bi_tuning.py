@@ -81,7 +81,8 @@ def _own_class_first(similarity: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def _contrastive_log_probabilities(anchors, positives, queue, labels, temperature):
     """log_softmax over [anchor·positive, anchor·(own class queue), anchor·(other queues)] / T."""
     current = (anchors * positives).sum(1, keepdim=True)
-    queued = torch.einsum("bd,ckd->bck", anchors, queue.to(anchors.dtype))
+    # a copy: autograd keeps the queue for the anchors' gradient, and the queue changes in place
+    queued = torch.einsum("bd,ckd->bck", anchors, queue.to(anchors.dtype, copy=True))
     logits = torch.cat([current, _own_class_first(queued, labels)], dim=1)
     return F.log_softmax(logits / temperature, dim=1)
 
