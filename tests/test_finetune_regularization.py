@@ -125,7 +125,8 @@ def test_behavioral_is_half_squared_distance_with_detached_source():
 def test_behavioral_rejects_mismatched_layers():
     regularizer = BehavioralRegularization()
     with pytest.raises(ValueError, match="same names in the same order"):
-        regularizer({"a": torch.zeros(1), "b": torch.zeros(1)}, {"b": torch.zeros(1), "a": torch.zeros(1)})
+        scalar = torch.zeros(1)
+        regularizer({"a": scalar, "b": scalar}, {"b": scalar, "a": scalar})
     with pytest.raises(ValueError, match=r"layer 'a': source map has shape \(1, 2\)"):
         regularizer({"a": torch.zeros(1, 2)}, {"a": torch.zeros(1, 3)})
     with pytest.raises(TypeError, match="layer_outputs_source must be a dict"):
@@ -135,15 +136,16 @@ def test_behavioral_rejects_mismatched_layers():
 def test_attention_behavioral_hand_computed():
     target = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 1.0]]]])  # (1, 2, 2, 2)
     weights = torch.tensor([0.25, 0.75])
-    loss = AttentionBehavioralRegularization([weights])({"x": torch.zeros_like(target)}, {"x": target})
+    regularizer = AttentionBehavioralRegularization([weights])
+    loss = regularizer({"x": torch.zeros_like(target)}, {"x": target})
     # d = (30, 1); ½ · c · Σ_c W_c d_c / (h·w) = ½ · 2 · (0.25·30 + 0.75·1) / 4
     assert loss.item() == pytest.approx(2.0625)
 
 
 def test_attention_behavioral_against_float64_formula_and_uniform_case():
     maps = [(3, 5, 4), (4, 2, 3)]  # (c, h, w) of two layers, batch 2
-    source = OrderedDict((f"l{j}", torch.randn(2, c, h, w)) for j, (c, h, w) in enumerate(maps))
-    target = OrderedDict((f"l{j}", torch.randn(2, c, h, w, requires_grad=True)) for j, (c, h, w) in enumerate(maps))
+    source = OrderedDict((f"l{j}", torch.randn(2, *shape)) for j, shape in enumerate(maps))
+    target = OrderedDict((f"l{j}", torch.randn(2, *shape)) for j, shape in enumerate(maps))
     weights = [torch.softmax(torch.randn(c), 0) for c, _, _ in maps]
     loss = AttentionBehavioralRegularization(weights)(source, target)
     expected = 0.0
@@ -157,7 +159,8 @@ def test_attention_behavioral_against_float64_formula_and_uniform_case():
     uniform = [torch.full((c,), 1.0 / c) for c, _, _ in maps]
     loss_uniform = AttentionBehavioralRegularization(uniform)(source, target)
     expected_uniform = sum(
-        BehavioralRegularization()({k: source[k]}, {k: target[k]}) / (h * w) for k, (c, h, w) in zip(source, maps)
+        BehavioralRegularization()({k: source[k]}, {k: target[k]}) / (h * w)
+        for k, (c, h, w) in zip(source, maps)
     )
     assert loss_uniform.item() == pytest.approx(expected_uniform.item(), rel=1e-6)
 
@@ -166,7 +169,7 @@ def test_attention_behavioral_state_and_checks():
     regularizer = AttentionBehavioralRegularization([torch.ones(3), torch.ones(2)])
     assert list(regularizer.state_dict()) == ["channel_attention_0", "channel_attention_1"]
     maps = {"a": torch.zeros(1, 3, 2, 2), "b": torch.zeros(1, 4, 2, 2)}
-    with pytest.raises(ValueError, match=r"layer 'b' has 4 channels but channel_attention\[1\] has 2"):
+    with pytest.raises(ValueError, match=r"'b' has 4 channels but channel_attention\[1\] has 2"):
         regularizer(maps, maps)
     with pytest.raises(ValueError, match="feature maps of 2 layers"):
         regularizer({"a": maps["a"]}, {"a": maps["a"]})
@@ -209,7 +212,8 @@ def manual_rises(model, layer, loader, n_channels=4):
     total, count = torch.zeros(n_channels, dtype=torch.float64), 0
 
     def zero_channel(c):
-        return lambda module, args, out: out * (torch.arange(n_channels) != c).double().view(1, -1, 1, 1)
+        keep = (torch.arange(n_channels) != c).double().view(1, -1, 1, 1)
+        return lambda module, args, out: out * keep
 
     with torch.no_grad():
         for x, y in loader:
@@ -252,16 +256,24 @@ def test_channel_attention_known_effect_and_temperature():
     y = torch.tensor([0, 0])
     loader = DataLoader(TensorDataset(x, y), batch_size=2)
     for temperature in (5.0, 0.5):
-        attention = compute_channel_attention(model, ["features"], loader, temperature=temperature, progress=False)[0]
-        logits = x.double() * torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
-        base = F.cross_entropy(logits[:, :2], y, reduction="none")
+        attention = compute_channel_attention(
+            model, ["features"], loader, temperature=temperature, progress=False
+        )[0]
+        logit0, logit1 = 2.0 * x[:, 0].double(), x[:, 1].double()
+        zero = torch.zeros(2, dtype=torch.float64)
+
+        def loss(l0, l1):
+            return F.cross_entropy(torch.stack([l0, l1], 1), y, reduction="none")
+
         # zeroing channel 0 removes the class-0 logit 2·x0; channel 1 removes the class-1 logit x1;
         # channel 2 feeds nothing (rise exactly 0)
-        rise0 = F.cross_entropy(torch.stack([torch.zeros(2, dtype=torch.float64), logits[:, 1]], 1), y, reduction="none")
-        rise1 = F.cross_entropy(torch.stack([logits[:, 0], torch.zeros(2, dtype=torch.float64)], 1), y, reduction="none")
-        rises = torch.stack([(rise0 - base).mean(), (rise1 - base).mean(), torch.tensor(0.0, dtype=torch.float64)])
+        base = loss(logit0, logit1)
+        rises = torch.stack([
+            (loss(zero, logit1) - base).mean(), (loss(logit0, zero) - base).mean(), zero[0]
+        ])
         z = (rises - rises.mean()) / rises.std(unbiased=False)
-        torch.testing.assert_close(attention.double(), torch.softmax(z / temperature, 0), rtol=1e-5, atol=1e-7)
+        expected = torch.softmax(z / temperature, 0)
+        torch.testing.assert_close(attention.double(), expected, rtol=1e-5, atol=1e-7)
         assert attention.argmax().item() == 0 and attention.sum().item() == pytest.approx(1.0)
 
 
@@ -276,15 +288,18 @@ def test_channel_attention_uniform_when_no_channel_matters():
 
 def test_channel_attention_argument_checks():
     model = TinyConvNet()
-    loader = DataLoader(TensorDataset(torch.randn(4, 2, 3, 3), torch.randint(0, 3, (4,))), batch_size=2)
+    x = torch.randn(4, 2, 3, 3)
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (4,))), batch_size=2)
     with pytest.raises(ValueError, match="temperature must be a positive number"):
         compute_channel_attention(model, ["conv"], loader, temperature=0, progress=False)
     with pytest.raises(ValueError, match="no submodule named 'conv1'.*'conv'"):
         compute_channel_attention(model, ["conv1"], loader, progress=False)
     with pytest.raises(ValueError, match=r"per-sample losses of shape \(2,\)"):
-        compute_channel_attention(model, ["conv"], loader, criterion=F.cross_entropy, progress=False)
+        compute_channel_attention(
+            model, ["conv"], loader, criterion=F.cross_entropy, progress=False
+        )
     with pytest.raises(ValueError, match="must yield \\(inputs, targets\\)"):
-        compute_channel_attention(model, ["conv"], DataLoader(torch.randn(4, 2, 3, 3)), progress=False)
+        compute_channel_attention(model, ["conv"], DataLoader(x), progress=False)
 
 
 # ------------------------------------------------------------------------- IntermediateLayerGetter
@@ -341,14 +356,15 @@ def test_layer_getter_removes_hooks_when_model_raises():
 
 def test_layer_getter_without_output_stops_early():
     model = Net()
-    outputs, output = IntermediateLayerGetter(model, ["layer1"], keep_output=False)(torch.randn(2, 3))
+    getter = IntermediateLayerGetter(model, ["layer1"], keep_output=False)
+    outputs, output = getter(torch.randn(2, 3))
     assert output is None and model.fc_calls == 0 and outputs["layer1"].shape == (2, 3)
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_layer_getter_errors():
     model = Net()
-    with pytest.raises(ValueError, match=r"no submodule named 'layer1\.0\.conv'.*'layer1\.0\.conv1'"):
+    with pytest.raises(ValueError, match=r"named 'layer1\.0\.conv'.*'layer1\.0\.conv1'"):
         IntermediateLayerGetter(model, ["layer1.0.conv"])
     with pytest.raises(TypeError, match="list or tuple of submodule names"):
         IntermediateLayerGetter(model, "stem")

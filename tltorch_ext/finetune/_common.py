@@ -96,7 +96,7 @@ class GlobalAvgPool(nn.Module):
 
 
 def parameter_groups(modules_and_lrs) -> list[dict]:
-    """Optimizer groups [{'params', 'lr'}] for (module, lr) pairs, leaving out parameterless ones."""
+    """Optimizer groups [{'params', 'lr'}] for (module, lr) pairs; parameterless ones left out."""
     groups = []
     for module, lr in modules_and_lrs:
         params = list(module.parameters())

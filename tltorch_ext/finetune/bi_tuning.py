@@ -40,7 +40,9 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.projection_dim = projection_dim
         self.features_dim = features_dim_of(backbone, features_dim)
-        self.pool_layer = GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
+        self.pool_layer = (
+            GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
+        )
         self.head = nn.Linear(self.features_dim, num_classes)
         nn.init.normal_(self.head.weight, 0.0, 0.01)
         nn.init.zeros_(self.head.bias)
@@ -120,7 +122,9 @@ class BiTuning(nn.Module):
         check_module(encoder_q, "encoder_q")
         for attribute in ("head", "features_dim", "projection_dim"):
             if not hasattr(encoder_q, attribute):
-                raise TypeError(f"encoder_q must be a bi_tuning.Classifier (it has no {attribute!r})")
+                raise TypeError(
+                    f"encoder_q must be a bi_tuning.Classifier (it has no {attribute!r})"
+                )
         if not isinstance(num_classes, int) or num_classes != encoder_q.head.out_features:
             raise ValueError(
                 f"num_classes must equal the encoder's number of classes "
@@ -145,12 +149,12 @@ class BiTuning(nn.Module):
         self.encoder_q, self.encoder_k = encoder_q, encoder_k
         self.num_classes, self.K, self.m, self.T = num_classes, K, float(m), float(T)
         device = model_device(encoder_q)
-        self.register_buffer(
-            "queue_h", F.normalize(torch.randn(num_classes, K, encoder_q.features_dim + 1, device=device), dim=2)
-        )
-        self.register_buffer(
-            "queue_z", F.normalize(torch.randn(num_classes, K, encoder_q.projection_dim, device=device), dim=2)
-        )
+
+        def random_keys(dim):
+            return F.normalize(torch.randn(num_classes, K, dim, device=device), dim=2)
+
+        self.register_buffer("queue_h", random_keys(encoder_q.features_dim + 1))
+        self.register_buffer("queue_z", random_keys(encoder_q.projection_dim))
         self.register_buffer("queue_ptr", torch.zeros(num_classes, dtype=torch.long, device=device))
 
     @torch.no_grad()
@@ -161,7 +165,8 @@ class BiTuning(nn.Module):
     @torch.no_grad()
     def _enqueue(self, h: torch.Tensor, z: torch.Tensor, labels: torch.Tensor) -> None:
         one_hot = F.one_hot(labels, self.num_classes)
-        rank = (one_hot.cumsum(0) - 1).gather(1, labels.unsqueeze(1)).squeeze(1)  # i-th of its class
+        # rank: how many earlier samples of the batch share the sample's class
+        rank = (one_hot.cumsum(0) - 1).gather(1, labels.unsqueeze(1)).squeeze(1)
         counts = one_hot.sum(0)
         kept = rank >= counts[labels] - self.K  # later samples would overwrite earlier ones
         slot = (self.queue_ptr[labels] + rank) % self.K
@@ -173,8 +178,9 @@ class BiTuning(nn.Module):
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, labels: torch.Tensor):
         if not self.training:
             raise RuntimeError("BiTuning.forward is a training step; evaluate encoder_q directly")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype not in (torch.int32, torch.int64):
-            raise ValueError("labels must be a 1-D integer tensor (b,)")
+        integer = isinstance(labels, torch.Tensor) and labels.dtype in (torch.int32, torch.int64)
+        if not integer or labels.dim() != 1:
+            raise ValueError("labels must be a 1-D int32/int64 tensor (b,)")
         if labels.shape[0] != im_q.shape[0] or im_k.shape[0] != im_q.shape[0]:
             raise ValueError(
                 f"im_q, im_k and labels must have the same batch size, got {im_q.shape[0]}, "
@@ -187,11 +193,16 @@ class BiTuning(nn.Module):
         with torch.no_grad():
             self._momentum_update_key_encoder()
             _, z_k, h_k = self.encoder_k(im_k)
-        logits_z = _contrastive_log_probabilities(z_q.float(), z_k.float(), self.queue_z, labels, self.T)
+        logits_z = _contrastive_log_probabilities(
+            z_q.float(), z_k.float(), self.queue_z, labels, self.T
+        )
         head = self.encoder_q.head
         bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
-        rows = F.normalize(torch.cat([head.weight, bias.unsqueeze(1)], dim=1).detach().float(), dim=1)
-        logits_y = _contrastive_log_probabilities(rows[labels], h_q.float(), self.queue_h, labels, self.T)
+        rows = torch.cat([head.weight, bias.unsqueeze(1)], dim=1).detach().float()
+        anchors = F.normalize(rows, dim=1)[labels]
+        logits_y = _contrastive_log_probabilities(
+            anchors, h_q.float(), self.queue_h, labels, self.T
+        )
         labels_c = torch.zeros_like(logits_z)
         labels_c[:, : self.K + 1] = 1.0 / (self.K + 1)
         self._enqueue(h_k, z_k, labels)

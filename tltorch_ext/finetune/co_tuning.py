@@ -73,24 +73,35 @@ class Relationship:
         if cache is not None and os.path.exists(cache):
             self.relationship = _load(cache)
         else:
-            self.relationship = self._learn(data_loader, classifier, device, method, float(l2), progress)
+            self.relationship = self._learn(
+                data_loader, classifier, device, method, float(l2), progress
+            )
             if cache is not None:
                 _save(cache, self.relationship)
         self._on_device = {self.relationship.device: self.relationship}
 
     @staticmethod
     def _learn(data_loader, classifier, device, method, l2, progress) -> torch.Tensor:
-        logits, labels = source_logits(classifier, data_loader, device, progress, "collecting source predictions")
+        logits, labels = source_logits(
+            classifier, data_loader, device, progress, "collecting source predictions"
+        )
         if labels is None:
             raise ValueError("data_loader must yield (inputs, target labels)")
         labels = labels.long()
-        num_classes = classifier.num_classes if isinstance(classifier, Classifier) else int(labels.max()) + 1
+        if isinstance(classifier, Classifier):
+            num_classes = classifier.num_classes
+        else:
+            num_classes = int(labels.max()) + 1
         if labels.dim() != 1 or labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"target labels must be class indices in [0, {num_classes}), one per sample")
+            raise ValueError(
+                f"target labels must be class indices in [0, {num_classes}), one per sample"
+            )
         counts = torch.bincount(labels, minlength=num_classes)
         empty = torch.nonzero(counts == 0).flatten().tolist()
         if empty:
-            raise ValueError(f"target classes {empty} have no sample in data_loader: p(y_s | y_t) is undefined")
+            raise ValueError(
+                f"target classes {empty} have no sample in data_loader: p(y_s | y_t) is undefined"
+            )
         fit_device = model_device(classifier) if device is None else torch.device(device)
         probabilities = torch.softmax(logits.to(fit_device, torch.float64), dim=1)
         labels = labels.to(fit_device)
@@ -112,8 +123,8 @@ class Relationship:
         return self.relationship.shape[0]
 
 
-def _class_means(probabilities: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    sums = torch.zeros(num_classes, probabilities.shape[1], dtype=probabilities.dtype, device=probabilities.device)
+def _class_means(probabilities, labels, num_classes: int) -> torch.Tensor:
+    sums = probabilities.new_zeros(num_classes, probabilities.shape[1])
     sums.index_add_(0, labels, probabilities)
     return sums / torch.bincount(labels, minlength=num_classes).unsqueeze(1)
 
@@ -137,21 +148,20 @@ def _reverse_relationship(probabilities, labels, num_classes: int, l2: float) ->
     """Bayes inversion of a temperature-calibrated linear classifier p(y_t | p_s)."""
     num_source = probabilities.shape[1]
     with torch.enable_grad():
-        weight = torch.zeros(num_classes, num_source, dtype=probabilities.dtype,
-                             device=probabilities.device, requires_grad=True)
+        weight = probabilities.new_zeros(num_classes, num_source, requires_grad=True)
         _minimize(
-            lambda: F.cross_entropy(probabilities @ weight.T, labels) + 0.5 * l2 * weight.square().sum(),
+            lambda: F.cross_entropy(probabilities @ weight.T, labels)
+            + 0.5 * l2 * weight.square().sum(),
             weight,
         )
         weight = weight.detach()
-        log_temperature = torch.zeros((), dtype=probabilities.dtype, device=probabilities.device,
-                                      requires_grad=True)
+        log_temperature = probabilities.new_zeros((), requires_grad=True)
         _minimize(
             lambda: F.cross_entropy(probabilities @ weight.T / log_temperature.exp(), labels),
             log_temperature,
         )
     # column j of W is the classifier's logit vector for the one-hot source prediction e_j
-    target_given_source = torch.softmax(weight.T / log_temperature.detach().exp(), dim=1)  # (N_p, N_t)
+    target_given_source = torch.softmax(weight.T / log_temperature.detach().exp(), dim=1)
     joint = target_given_source * probabilities.mean(0).unsqueeze(1)
     return (joint / joint.sum(0, keepdim=True).clamp_min(torch.finfo(joint.dtype).tiny)).T
 
@@ -170,7 +180,10 @@ def _load(path) -> torch.Tensor:
     else:
         table = torch.load(path, weights_only=True)
     if not isinstance(table, torch.Tensor) or table.dim() != 2:
-        raise ValueError(f"cache {os.fspath(path)!r} does not hold an (N_t, N_p) relationship table")
-    if not torch.allclose(table.double().sum(1), torch.ones(table.shape[0], dtype=torch.float64), atol=1e-3):
+        raise ValueError(
+            f"cache {os.fspath(path)!r} does not hold an (N_t, N_p) relationship table"
+        )
+    row_sums = table.double().sum(1)
+    if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
         raise ValueError(f"cache {os.fspath(path)!r}: rows of p(y_s | y_t) must sum to 1")
     return table.float()

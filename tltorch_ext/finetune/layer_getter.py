@@ -20,7 +20,8 @@ def resolve_layers(model: nn.Module, layer_names, argument: str = "return_layers
     """
     if isinstance(layer_names, str) or not isinstance(layer_names, Sequence):
         raise TypeError(
-            f"{argument} must be a list or tuple of submodule names, got {type(layer_names).__name__}"
+            f"{argument} must be a list or tuple of submodule names, "
+            f"got {type(layer_names).__name__}"
         )
     if not layer_names:
         raise ValueError(f"{argument} must name at least one submodule")

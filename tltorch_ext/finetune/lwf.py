@@ -51,19 +51,28 @@ class Classifier(nn.Module):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
-        self.pool_layer = GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
+        self.pool_layer = (
+            GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
+        )
         if bottleneck is None:
             self.bottleneck = nn.Identity()
-            features_dim = None if head_target is not None else features_dim_of(backbone, None, head_source)
+            # the feature size is only needed to build the default target head
+            features_dim = (
+                features_dim_of(backbone, None, head_source) if head_target is None else None
+            )
         else:
             self.bottleneck = check_module(bottleneck, "bottleneck")
             if not isinstance(bottleneck_dim, int) or bottleneck_dim <= 0:
-                raise ValueError(f"bottleneck_dim must be a positive int with a bottleneck, got {bottleneck_dim!r}")
+                raise ValueError(
+                    "bottleneck_dim must be a positive int with a bottleneck, "
+                    f"got {bottleneck_dim!r}"
+                )
             features_dim = bottleneck_dim
         self.features_dim = features_dim
-        self.head_target = (
-            nn.Linear(features_dim, num_classes) if head_target is None else check_module(head_target, "head_target")
-        )
+        if head_target is None:
+            self.head_target = nn.Linear(features_dim, num_classes)
+        else:
+            self.head_target = check_module(head_target, "head_target")
         self.finetune = bool(finetune)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +124,9 @@ def collect_pretrain_labels(
     module that outputs the source logits. Runs in eval mode without gradients; returns (N, N_p)
     on the CPU (``device`` is where the model runs; by default the model's device).
     """
-    logits, _ = source_logits(classifier, data_loader, device, progress, "recording source predictions")
+    logits, _ = source_logits(
+        classifier, data_loader, device, progress, "recording source predictions"
+    )
     return logits
 
 
@@ -125,8 +136,8 @@ def check_logit_pair(input: torch.Tensor, target: torch.Tensor) -> None:
             raise TypeError(f"{argument} must be a tensor, got {type(value).__name__}")
     if input.dim() != 2 or input.shape != target.shape:
         raise ValueError(
-            f"input and target must both be (b, N) with the same shape, got {tuple(input.shape)} and "
-            f"{tuple(target.shape)}"
+            "input and target must both be (b, N) with the same shape, got "
+            f"{tuple(input.shape)} and {tuple(target.shape)}"
         )
     if input.device != target.device:
         raise ValueError(f"input is on {input.device} but target is on {target.device}")

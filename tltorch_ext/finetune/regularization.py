@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,9 @@ def _paired_feature_maps(source: Mapping, target: Mapping):
     """[(name, source map, target map)] after checking that the two dicts match."""
     for argument, value in (("layer_outputs_source", source), ("layer_outputs_target", target)):
         if not isinstance(value, Mapping):
-            raise TypeError(f"{argument} must be a dict name → feature map, got {type(value).__name__}")
+            raise TypeError(
+                f"{argument} must be a dict name → feature map, got {type(value).__name__}"
+            )
     if list(source) != list(target):
         raise ValueError(
             "layer_outputs_source and layer_outputs_target must have the same names in the same "
@@ -153,7 +156,8 @@ class AttentionBehavioralRegularization(nn.Module):
 
     def __init__(self, channel_attention: Sequence[torch.Tensor]):
         super().__init__()
-        if isinstance(channel_attention, torch.Tensor) or not isinstance(channel_attention, Sequence):
+        is_list = isinstance(channel_attention, Sequence)
+        if isinstance(channel_attention, torch.Tensor) or not is_list:
             raise TypeError("channel_attention must be a list with one (C_j,) tensor per layer")
         if not channel_attention:
             raise ValueError("channel_attention must hold at least one layer's weights")
@@ -176,7 +180,9 @@ class AttentionBehavioralRegularization(nn.Module):
         terms = []
         for j, (name, fm_source, fm_target) in enumerate(pairs):
             if fm_target.dim() < 2:
-                raise ValueError(f"layer {name!r}: maps must be (b, c, ...), got {tuple(fm_target.shape)}")
+                raise ValueError(
+                    f"layer {name!r}: maps must be (b, c, ...), got {tuple(fm_target.shape)}"
+                )
             channels = fm_target.shape[1]
             weights = getattr(self, f"channel_attention_{j}")
             if weights.numel() != channels:
@@ -194,7 +200,9 @@ class AttentionBehavioralRegularization(nn.Module):
 
 def _per_sample_loss(criterion, output, target, batch_size: int) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"the model must return a tensor of logits in eval mode, got {type(output).__name__}")
+        raise TypeError(
+            f"the model must return a tensor of logits in eval mode, got {type(output).__name__}"
+        )
     loss = criterion(output, target)
     if not isinstance(loss, torch.Tensor) or loss.shape != (batch_size,):
         raise ValueError(
@@ -234,7 +242,8 @@ def compute_channel_attention(
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if not isinstance(channels_per_pass, int) or channels_per_pass < 1:
         raise ValueError(f"channels_per_pass must be a positive int, got {channels_per_pass!r}")
-    criterion = criterion or (lambda output, target: F.cross_entropy(output, target, reduction="none"))
+    if criterion is None:
+        criterion = partial(F.cross_entropy, reduction="none")
     device = model_device(model) if device is None else torch.device(device)
     getter = IntermediateLayerGetter(model, layer_names)
     modules = dict(model.named_modules())
@@ -290,4 +299,5 @@ def _loss_with_channels_zeroed(model, module, criterion, inputs, targets, start,
     finally:
         handle.remove()
     repeated_targets = targets.repeat(count, *([1] * (targets.dim() - 1)))
-    return _per_sample_loss(criterion, output, repeated_targets, count * batch_size).view(count, batch_size)
+    loss = _per_sample_loss(criterion, output, repeated_targets, count * batch_size)
+    return loss.view(count, batch_size)

@@ -91,16 +91,24 @@ class GradualUnfreezing:
     optimizer's last group. (An lr scheduler created earlier does not know groups added later.)
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, epochs_per_stage: int = 1,
-                 lr: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epochs_per_stage: int = 1,
+        lr: float | None = None,
+    ):
         check_module(model, "model")
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         if not isinstance(epochs_per_stage, int) or epochs_per_stage < 1:
             raise ValueError(f"epochs_per_stage must be a positive int, got {epochs_per_stage!r}")
         if lr is not None and not (isinstance(lr, (int, float)) and lr >= 0):
             raise ValueError(f"lr must be a non-negative number or None, got {lr!r}")
-        self.model, self.optimizer, self.epochs_per_stage, self.lr = model, optimizer, epochs_per_stage, lr
+        self.model, self.optimizer = model, optimizer
+        self.epochs_per_stage, self.lr = epochs_per_stage, lr
         self.blocks = _blocks(model)
         self.epoch = 0
         self.num_unfrozen = 0
@@ -130,7 +138,7 @@ class GradualUnfreezing:
         return newly
 
     def step(self) -> list[str]:
-        """End of an epoch: unfreeze what the schedule asks for; returns the newly unfrozen blocks."""
+        """End of an epoch: unfreezes what the schedule asks for; returns those blocks' names."""
         self.epoch += 1
         return self._unfreeze_up_to(1 + self.epoch // self.epochs_per_stage)
 
@@ -175,14 +183,14 @@ def freeze_policy(dataset_size: int, model: nn.Module | None = None, small: int 
         raise ValueError(f"dataset_size must be a non-negative int, got {dataset_size!r}")
     if not (isinstance(small, int) and isinstance(large, int) and 0 <= small <= large):
         raise ValueError(f"need ints 0 <= small <= large, got small={small!r}, large={large!r}")
-    policy = FREEZE_POLICIES[0] if dataset_size < small else FREEZE_POLICIES[1] if dataset_size < large else FREEZE_POLICIES[2]
+    policy_index = 0 if dataset_size < small else 1 if dataset_size < large else 2
     if model is not None:
         blocks = _blocks(check_module(model, "model"))
-        trainable_from_head = {"feature_extraction": 1, "last_block": 2, "full": len(blocks)}[policy]
+        num_trainable = (1, 2, len(blocks))[policy_index]  # counted from the head
         for index, (_, params) in enumerate(blocks):
             for param in params:
-                param.requires_grad_(index >= len(blocks) - trainable_from_head)
-    return policy
+                param.requires_grad_(index >= len(blocks) - num_trainable)
+    return FREEZE_POLICIES[policy_index]
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor | None, which: str) -> float:
@@ -213,13 +221,15 @@ def forgetting(
     reference.
     """
     check_module(model, "model")
-    source = _accuracy(*source_logits(model, source_loader, device, progress, "source task"), "source_loader")
-    target = _accuracy(*collect_outputs(model, model, target_loader, device, progress, "target task"),
-                       "target_loader")
+    source_outputs = source_logits(model, source_loader, device, progress, "source task")
+    source = _accuracy(*source_outputs, "source_loader")
+    target_outputs = collect_outputs(model, model, target_loader, device, progress, "target task")
+    target = _accuracy(*target_outputs, "target_loader")
     if isinstance(source_reference, nn.Module):
-        source_reference = _accuracy(
-            *source_logits(source_reference, source_loader, device, progress, "reference"), "source_loader"
+        reference_outputs = source_logits(
+            source_reference, source_loader, device, progress, "reference"
         )
+        source_reference = _accuracy(*reference_outputs, "source_loader")
     elif source_reference is not None and not isinstance(source_reference, (int, float)):
         raise TypeError("source_reference must be an accuracy in percent, a model or None, "
                         f"got {type(source_reference).__name__}")
@@ -260,14 +270,17 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     if callable(getattr(model, "reset_classifier", None)):
         model.reset_classifier(num_classes)
         return model
-    attribute = next((a for a in HEAD_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module)), None)
-    if attribute is None:
+    present = [a for a in HEAD_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module)]
+    if not present:
         raise ValueError(f"model has no head module among the attributes {HEAD_ATTRIBUTES}")
+    attribute = present[0]
     head = getattr(model, attribute)
     if _is_replaceable(head):
         setattr(model, attribute, _new_like(head, num_classes))
     else:
-        candidates = [name for name, module in head.named_modules() if name and _is_replaceable(module)]
+        candidates = [
+            name for name, module in head.named_modules() if name and _is_replaceable(module)
+        ]
         if not candidates:
             raise ValueError(f"model.{attribute} ({type(head).__name__}) holds no nn.Linear or 1x1 "
                              "nn.Conv2d to replace")
