@@ -320,3 +320,19 @@ def test_bi_tuning_checks():
     with pytest.raises(ValueError, match="encoder_k must have encoder_q's architecture"):
         BiTuning(model.encoder_q, nn.Linear(2, 2), 3)
     assert BiTuning(model.encoder_q, None, 3, K=5).queue_z.shape == (3, 5, 3)
+
+
+def test_bi_tuning_under_bfloat16_autocast_keeps_float32_logits_and_queues():
+    model = make_bituning(num_classes=3, K=2)
+    labels = torch.tensor([0, 1, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_q, logits_z, logits_y, _ = model(torch.randn(3, 5), torch.randn(3, 5), labels)
+    assert y_q.dtype == torch.bfloat16
+    assert logits_z.dtype == logits_y.dtype == model.queue_z.dtype == torch.float32
+    # each row is a log-probability vector; the enqueued keys stay unit vectors
+    torch.testing.assert_close(logits_z.exp().sum(1), torch.ones(3))
+    enqueued = model.queue_z[[0, 1, 2], 0]
+    torch.testing.assert_close(enqueued.norm(dim=1), torch.ones(3), atol=1e-2, rtol=0)
+    model.encoder_q.eval()
+    with pytest.raises(RuntimeError, match=r"encoder_q must be in training mode"):
+        model(torch.randn(3, 5), torch.randn(3, 5), labels)

@@ -143,7 +143,7 @@ def test_attention_behavioral_hand_computed():
 
 
 def test_attention_behavioral_against_float64_formula_and_uniform_case():
-    maps = [(3, 5, 4), (4, 2, 3)]  # (c, h, w) of two layers, batch 2
+    maps = [(3, 5, 4), (4, 2, 3), (2, 1, 1)]  # (c, h, w) of the layers, batch 2
     source = OrderedDict((f"l{j}", torch.randn(2, *shape)) for j, shape in enumerate(maps))
     target = OrderedDict((f"l{j}", torch.randn(2, *shape)) for j, shape in enumerate(maps))
     weights = [torch.softmax(torch.randn(c), 0) for c, _, _ in maps]
@@ -163,6 +163,23 @@ def test_attention_behavioral_against_float64_formula_and_uniform_case():
         for k, (c, h, w) in zip(source, maps)
     )
     assert loss_uniform.item() == pytest.approx(expected_uniform.item(), rel=1e-6)
+
+
+def test_attention_behavioral_vector_and_sequence_maps_in_half_precision():
+    """(b, c) maps have no spatial size (S = 1); (b, c, L) maps have S = L."""
+    source = {"vec": torch.zeros(2, 2), "seq": torch.zeros(1, 2, 4)}
+    target = {"vec": torch.tensor([[1.0, 2.0], [0.0, 3.0]]), "seq": torch.ones(1, 2, 4)}
+    weights = [torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])]
+    regularizer = AttentionBehavioralRegularization(weights)
+    # vec: ½·2·(0.5·(1 + 0) + 0.5·(4 + 9)) = 7; seq: ½·2·(1·4)/4 = 1
+    assert regularizer(source, target).item() == pytest.approx(8.0)
+    def halved(maps):
+        return {name: value.half() for name, value in maps.items()}
+
+    half = regularizer(halved(source), halved(target))
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="must not be empty"):
+        BehavioralRegularization()({}, {})
 
 
 def test_attention_behavioral_state_and_checks():
@@ -377,3 +394,22 @@ def test_layer_getter_reports_a_layer_that_did_not_run():
     model.forward = lambda x: model["used"](x)
     with pytest.raises(RuntimeError, match=r"did not run during the forward pass: \['unused'\]"):
         IntermediateLayerGetter(model, ["used", "unused"])(torch.randn(1, 2))
+
+
+def test_channel_attention_rejects_layer_without_channel_tensor():
+    class TwoOutputs(nn.Module):
+        def forward(self, x):
+            return x, -x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair = TwoOutputs()
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.pair(x)[0])
+
+    loader = DataLoader(TensorDataset(torch.randn(2, 3), torch.tensor([0, 1])), batch_size=2)
+    with pytest.raises(TypeError, match=r"layer 'pair' must output one tensor \(b, C, ...\)"):
+        compute_channel_attention(Net(), ["pair"], loader, progress=False)

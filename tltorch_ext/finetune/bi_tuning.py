@@ -89,6 +89,12 @@ def _contrastive_log_probabilities(anchors, positives, queue, labels, temperatur
     return F.log_softmax(logits / temperature, dim=1)
 
 
+def _training_outputs(outputs, name: str):
+    if not (isinstance(outputs, tuple) and len(outputs) == 3):
+        raise RuntimeError(f"{name} must be in training mode and return (y, z, hn)")
+    return outputs
+
+
 class BiTuning(nn.Module):
     """Bi-Tuning training step around a query encoder (a bi_tuning :class:`Classifier`).
 
@@ -189,20 +195,21 @@ class BiTuning(nn.Module):
         labels = labels.long()
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
-        y_q, z_q, h_q = self.encoder_q(im_q)
+        y_q, z_q, h_q = _training_outputs(self.encoder_q(im_q), "encoder_q")
         with torch.no_grad():
             self._momentum_update_key_encoder()
-            _, z_k, h_k = self.encoder_k(im_k)
-        logits_z = _contrastive_log_probabilities(
-            z_q.float(), z_k.float(), self.queue_z, labels, self.T
-        )
+            _, z_k, h_k = _training_outputs(self.encoder_k(im_k), "encoder_k")
         head = self.encoder_q.head
         bias = head.bias if head.bias is not None else head.weight.new_zeros(head.out_features)
         rows = torch.cat([head.weight, bias.unsqueeze(1)], dim=1).detach().float()
-        anchors = F.normalize(rows, dim=1)[labels]
-        logits_y = _contrastive_log_probabilities(
-            anchors, h_q.float(), self.queue_h, labels, self.T
-        )
+        # float32 even under autocast: a softmax over 1 + C·K entries at T = 0.07 is sensitive
+        with torch.autocast(im_q.device.type, enabled=False):
+            logits_z = _contrastive_log_probabilities(
+                z_q.float(), z_k.float(), self.queue_z, labels, self.T
+            )
+            logits_y = _contrastive_log_probabilities(
+                F.normalize(rows, dim=1)[labels], h_q.float(), self.queue_h, labels, self.T
+            )
         labels_c = torch.zeros_like(logits_z)
         labels_c[:, : self.K + 1] = 1.0 / (self.K + 1)
         self._enqueue(h_k, z_k, labels)

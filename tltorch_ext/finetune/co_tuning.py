@@ -43,8 +43,9 @@ class Relationship:
 
     - ``method='direct'``: row y_t is the mean of p_n over the samples of class y_t.
     - ``method='reverse'``: a multinomial logistic regression p(y_t | p) = softmax(W p) is fitted
-      on the pairs (p_n, y_n) (L-BFGS, float64, small L2 penalty ``l2``), its temperature t is
-      calibrated by the negative log-likelihood of softmax(W p / t), and Bayes' rule inverts it:
+      on the pairs (p_n, y_n) by L-BFGS in float64 (mean cross-entropy + ``l2``/2 · ‖W‖²), its
+      temperature t is calibrated by the negative log-likelihood of softmax(W p / t) on the same
+      pairs (undoing the penalty's shrinkage), and Bayes' rule inverts it:
       p(y_s = j | y_t) ∝ p(y_t | y_s = j) · π_j with p(y_t | y_s = j) = softmax(W e_j / t) and the
       source-class prior π = mean_n p_n.
 
@@ -103,7 +104,8 @@ class Relationship:
                 f"target classes {empty} have no sample in data_loader: p(y_s | y_t) is undefined"
             )
         fit_device = model_device(classifier) if device is None else torch.device(device)
-        probabilities = torch.softmax(logits.to(fit_device, torch.float64), dim=1)
+        fit_dtype = torch.float32 if fit_device.type == "mps" else torch.float64  # MPS: no float64
+        probabilities = torch.softmax(logits.to(fit_device, fit_dtype), dim=1)
         labels = labels.to(fit_device)
         if method == "direct":
             table = _class_means(probabilities, labels, num_classes)

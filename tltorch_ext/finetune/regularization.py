@@ -32,9 +32,13 @@ __all__ = [
 ]
 
 
+def _widened(x: torch.Tensor) -> torch.Tensor:
+    return x.to(accumulation_dtype(x.dtype))
+
+
 def _half_squared_norm(x: torch.Tensor) -> torch.Tensor:
     """½‖x‖² accumulated in float32 or wider."""
-    return 0.5 * x.to(accumulation_dtype(x.dtype)).square().sum()
+    return 0.5 * _widened(x).square().sum()
 
 
 def _zero_like_model(model: nn.Module) -> torch.Tensor:
@@ -58,7 +62,7 @@ class L2Regularization(nn.Module):
 
     def forward(self) -> torch.Tensor:
         terms = [_half_squared_norm(p) for p in self.model.parameters() if p.requires_grad]
-        return torch.stack(terms).sum() if terms else _zero_like_model(self.model)
+        return sum(terms) if terms else _zero_like_model(self.model)
 
 
 class SPRegularization(nn.Module):
@@ -102,17 +106,20 @@ class SPRegularization(nn.Module):
                     f"the starting point of {name!r} is on {start.device} but the parameter is on "
                     f"{param.device}: move the regularizer with .to({str(param.device)!r})"
                 )
-            terms.append(_half_squared_norm(param - start))
-        return torch.stack(terms).sum() if terms else _zero_like_model(self.target_model)
+            terms.append(_half_squared_norm(_widened(param) - start))
+        return sum(terms) if terms else _zero_like_model(self.target_model)
 
 
 def _paired_feature_maps(source: Mapping, target: Mapping):
-    """[(name, source map, target map)] after checking that the two dicts match."""
+    """[(name, detached source map, target map)], widened to float32 or more, after checking
+    that the two dicts match."""
     for argument, value in (("layer_outputs_source", source), ("layer_outputs_target", target)):
         if not isinstance(value, Mapping):
             raise TypeError(
                 f"{argument} must be a dict name → feature map, got {type(value).__name__}"
             )
+    if not source:
+        raise ValueError("layer_outputs_source and layer_outputs_target must not be empty")
     if list(source) != list(target):
         raise ValueError(
             "layer_outputs_source and layer_outputs_target must have the same names in the same "
@@ -128,7 +135,7 @@ def _paired_feature_maps(source: Mapping, target: Mapping):
                 f"layer {name!r}: source map has shape {tuple(fm_source.shape)} but target map has "
                 f"shape {tuple(fm_target.shape)}"
             )
-        pairs.append((name, fm_source.detach(), fm_target))
+        pairs.append((name, _widened(fm_source.detach()), _widened(fm_target)))
     return pairs
 
 
@@ -141,7 +148,7 @@ class BehavioralRegularization(nn.Module):
 
     def forward(self, layer_outputs_source: Mapping, layer_outputs_target: Mapping) -> torch.Tensor:
         pairs = _paired_feature_maps(layer_outputs_source, layer_outputs_target)
-        return torch.stack([_half_squared_norm(t - s) for _, s, t in pairs]).sum()
+        return sum(_half_squared_norm(t - s) for _, s, t in pairs)
 
 
 class AttentionBehavioralRegularization(nn.Module):
@@ -190,12 +197,11 @@ class AttentionBehavioralRegularization(nn.Module):
                     f"layer {name!r} has {channels} channels but channel_attention[{j}] has "
                     f"{weights.numel()} entries"
                 )
-            diff = (fm_target - fm_source).to(accumulation_dtype(fm_target.dtype))
-            distance = diff.flatten(2).square().sum(-1)  # d_bc, (b, c)
-            spatial = math.prod(fm_target.shape[2:])
+            batch, spatial = fm_target.shape[0], math.prod(fm_target.shape[2:])
+            distance = (fm_target - fm_source).reshape(batch, channels, spatial).square().sum(-1)
             weights = weights.to(device=distance.device, dtype=distance.dtype)
-            terms.append(0.5 * channels * (distance * weights).sum() / spatial)
-        return torch.stack(terms).sum()
+            terms.append(0.5 * channels * (distance * weights).sum() / spatial)  # distance: d_bc
+        return sum(terms)
 
 
 def _per_sample_loss(criterion, output, target, batch_size: int) -> torch.Tensor:
@@ -209,7 +215,17 @@ def _per_sample_loss(criterion, output, target, batch_size: int) -> torch.Tensor
             f"criterion must return per-sample losses of shape ({batch_size},), got "
             f"{getattr(loss, 'shape', type(loss).__name__)}; use reduction='none'"
         )
-    return loss.double()
+    return _widened(loss)
+
+
+def _check_channel_output(name: str, output) -> int:
+    """The channel count C of a layer output (b, C, ...)."""
+    if not isinstance(output, torch.Tensor) or output.dim() < 2:
+        raise TypeError(
+            f"layer {name!r} must output one tensor (b, C, ...), got "
+            f"{getattr(output, 'shape', type(output).__name__)}"
+        )
+    return output.shape[1]
 
 
 def compute_channel_attention(
@@ -259,13 +275,13 @@ def compute_channel_attention(
             feature_maps, output = getter(inputs)
             base_loss = _per_sample_loss(criterion, output, targets, batch_size)
             for j, name in enumerate(layer_names):
-                channels = feature_maps[name].shape[1]
+                channels = _check_channel_output(name, feature_maps[name])
                 if rise_sums[j] is None:
-                    rise_sums[j] = torch.zeros(channels, dtype=torch.float64, device=device)
+                    rise_sums[j] = base_loss.new_zeros(channels)
                 for start in range(0, channels, channels_per_pass):
                     count = min(channels_per_pass, channels - start)
                     loss = _loss_with_channels_zeroed(
-                        model, modules[name], criterion, inputs, targets, start, count, channels
+                        model, name, modules[name], criterion, inputs, targets, start, count
                     )
                     rise_sums[j][start : start + count] += (loss - base_loss).sum(1)
             num_samples += batch_size
@@ -280,17 +296,18 @@ def compute_channel_attention(
     return attention
 
 
-def _loss_with_channels_zeroed(model, module, criterion, inputs, targets, start, count, channels):
-    """Per-sample losses (count, b): replica i of the batch runs with channel start + i zeroed."""
+def _loss_with_channels_zeroed(model, name, module, criterion, inputs, targets, start, count):
+    """Per-sample losses (count, b): replica i of the batch runs with channel start + i of
+    submodule ``name`` zeroed."""
     batch_size = inputs.shape[0]
-    keep = torch.ones(count, channels, device=inputs.device)
-    keep[torch.arange(count), torch.arange(start, start + count)] = 0
 
     def zero_channels(mod, args, output):
-        if not isinstance(output, torch.Tensor) or output.dim() < 2 or output.shape[1] != channels:
-            raise TypeError("a layer of layer_names must output one tensor (b, C, ...)")
+        channels = _check_channel_output(name, output)
+        keep = torch.ones(count, channels, dtype=output.dtype, device=output.device)
+        replica = torch.arange(count, device=output.device)
+        keep[replica, replica + start] = 0
         grouped = output.reshape(count, batch_size, *output.shape[1:])
-        mask = keep.to(output.dtype).view(count, 1, channels, *([1] * (output.dim() - 2)))
+        mask = keep.view(count, 1, channels, *([1] * (output.dim() - 2)))
         return (grouped * mask).reshape(output.shape)
 
     handle = module.register_forward_hook(zero_channels)
