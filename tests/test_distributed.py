@@ -24,7 +24,7 @@ import tltorch_ext
 from tltorch_ext.adaptation import EmaTeacher
 from tltorch_ext.distill import CRDLoss
 from tltorch_ext.distributed import all_gather_batch, is_distributed
-from tltorch_ext.finetune import StochNorm1d, StochNorm2d, StochNorm3d, SyncStochNorm
+from tltorch_ext.finetune import BiTuning, StochNorm1d, StochNorm2d, StochNorm3d, SyncStochNorm, bi_tuning
 from tltorch_ext.finetune.sync_stochnorm import sync_stoch_norm
 from tltorch_ext.ops.stoch_norm import stoch_norm
 
@@ -200,6 +200,27 @@ def _scenario_crd(rank):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _bituning():
+    torch.manual_seed(5)
+    encoder = bi_tuning.Classifier(torch.nn.Linear(6, 8), 3, projection_dim=4, features_dim=8)
+    return BiTuning(encoder, None, 3, K=4).train()
+
+
+def _bituning_batch():
+    g = torch.Generator().manual_seed(8)
+    labels = torch.tensor([0, 2, 0, 1, 0, 2])
+    return torch.randn(N, 6, generator=g), torch.randn(N, 6, generator=g), labels
+
+
+def _bituning_queues(model, rows=slice(None)):
+    model(*(t[rows] for t in _bituning_batch()))
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("queue")}
+
+
+def _scenario_bituning(rank):
+    return _bituning_queues(_bituning(), _rows(rank))
+
+
 def _scenario_all_gather(rank):
     rows = rank + 2  # unequal batch sizes: 2 and 3
     t = (torch.arange(rows * 2, dtype=torch.float32).view(rows, 2) + 100 * rank).requires_grad_()
@@ -224,6 +245,7 @@ SCENARIOS = {
     "ddp": _scenario_ddp,
     "all_gather": _scenario_all_gather,
     "crd": _scenario_crd,
+    "bituning": _scenario_bituning,
 }
 
 
@@ -376,6 +398,12 @@ def test_crd_banks_stay_identical_when_fed_the_gathered_batch(ranks):
     _assert_ranks_identical_and_close([r["crd"] for r in ranks], expected)
     moved = (expected["crd.contrast.memory_s"] - initial_bank).abs().sum(1) > 0
     assert moved.tolist() == [True, True, True, True, True, True, False, True, True, True]
+
+
+def test_bituning_queues_hold_the_whole_groups_keys(ranks):
+    # Each rank sees half the batch; both enqueue all of it, as one process on the whole batch.
+    _assert_ranks_identical_and_close([r["bituning"] for r in ranks],
+                                      _bituning_queues(_bituning()))
 
 
 def test_all_gather_batch_concatenates_and_sums_gradients(ranks):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_gather_batch
 from ._common import GlobalAvgPool, check_module, features_dim_of, model_device, parameter_groups
 
 __all__ = ["Classifier", "BiTuning", "Bituning"]
@@ -112,7 +113,8 @@ class BiTuning(nn.Module):
     head learns from the cross-entropy) scored against hn_q and the queued hn; labels_c (b, 1 + C·K)
     = 1/(K + 1) on the first K + 1 entries, 0 elsewhere. The logits are computed in float32. Then
     the keys of the batch are written into their class queues (a class with more than K samples in
-    the batch keeps its last K). Only defined in training mode.
+    the batch keeps its last K); under torch.distributed the keys of every rank are gathered first,
+    so the queues stay identical on all ranks. Only defined in training mode.
     """
 
     def __init__(
@@ -212,7 +214,8 @@ class BiTuning(nn.Module):
             )
         labels_c = torch.zeros_like(logits_z)
         labels_c[:, : self.K + 1] = 1.0 / (self.K + 1)
-        self._enqueue(h_k, z_k, labels)
+        # Under DDP every rank enqueues the whole group's keys, so the queues stay identical.
+        self._enqueue(*(all_gather_batch(t) for t in (h_k, z_k, labels)))
         return y_q, logits_z, logits_y, labels_c
 
 
