@@ -285,19 +285,14 @@ void grad_sums_channels_last(const scalar_t* dy, const scalar_t* x, const acc_t*
   }
 }
 
-// (C,) tensor of dtype `dtype`, or an undefined tensor when `t` is absent.
-at::Tensor channel_vector(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
-  return t.has_value() && t->defined() ? t->to(dtype).contiguous() : at::Tensor();
-}
-
 template <typename acc_t>
 const acc_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc_t>() : nullptr;
 }
 
-void check_cpu(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu(), "stoch_norm_*_cpu: ", name, " must be a CPU tensor, got ",
-              x.device());
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "stoch_norm_*_cpu: ", name, " must be a CPU tensor, got ",
+              t.device());
 }
 
 }  // namespace
@@ -307,106 +302,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stoch_nor
     const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
     const at::Tensor& running_var, const at::Tensor& mask, double eps) {
   check_cpu(x, "x");
-  const StochNormLayout layout = stoch_norm_layout(x);
-  check_stoch_norm_channels(layout, weight, bias, running_mean, running_var, mask);
-  const at::Tensor input = x.contiguous(layout.format);
-  const at::ScalarType acc_dtype = at::toOpMathType(input.scalar_type());
-  const auto options = input.options().dtype(acc_dtype);
-  const int64_t C = layout.c;
-  at::Tensor y = at::empty_like(input);
-  at::Tensor save_mean = at::empty({C}, options), save_invstd = at::empty({C}, options);
-  at::Tensor batch_mean = at::empty({C}, options), batch_var = at::empty({C}, options);
-  at::Tensor scale = at::empty({C}, options), shift = at::empty({C}, options);
-  const at::Tensor w = channel_vector(weight, acc_dtype), b = channel_vector(bias, acc_dtype);
-  const at::Tensor rm = running_mean.to(acc_dtype).contiguous();
-  const at::Tensor rv = running_var.to(acc_dtype).contiguous();
-  const at::Tensor select = mask.contiguous();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+  const StochNormForwardArgs a(x, weight, bias, running_mean, running_var, mask);
+  const StochNormLayout& layout = a.layout;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "stoch_norm_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = input.data_ptr<scalar_t>();
-    acc_t* mean = batch_mean.data_ptr<acc_t>();
-    acc_t* var = batch_var.data_ptr<acc_t>();
+    const scalar_t* xp = a.input.data_ptr<scalar_t>();
+    acc_t* mean = a.batch_mean.data_ptr<acc_t>();
+    acc_t* var = a.batch_var.data_ptr<acc_t>();
     if (layout.channels_last) {
       batch_stats_channels_last(xp, layout, mean, var);
     } else {
       batch_stats_channels_first(xp, layout, mean, var);
     }
     // Per channel: batch or running statistics by the mask, then y = (x − μ)·γ·invstd + β.
-    const bool* s = select.data_ptr<bool>();
-    const acc_t *wp = data_or_null<acc_t>(w), *bp = data_or_null<acc_t>(b);
-    const acc_t *rmp = rm.data_ptr<acc_t>(), *rvp = rv.data_ptr<acc_t>();
-    acc_t *sm = save_mean.data_ptr<acc_t>(), *si = save_invstd.data_ptr<acc_t>();
-    acc_t *sc = scale.data_ptr<acc_t>(), *sh = shift.data_ptr<acc_t>();
-    for (int64_t c = 0; c < C; ++c) {
+    const bool* s = a.mask.data_ptr<bool>();
+    const acc_t *wp = data_or_null<acc_t>(a.weight), *bp = data_or_null<acc_t>(a.bias);
+    const acc_t* rmp = a.running_mean.data_ptr<acc_t>();
+    const acc_t* rvp = a.running_var.data_ptr<acc_t>();
+    acc_t* sm = a.save_mean.data_ptr<acc_t>();
+    acc_t* si = a.save_invstd.data_ptr<acc_t>();
+    std::vector<acc_t> scale(layout.c), shift(layout.c);
+    for (int64_t c = 0; c < layout.c; ++c) {
       sm[c] = s[c] ? mean[c] : rmp[c];
       si[c] = acc_t(1) / std::sqrt((s[c] ? var[c] : rvp[c]) + static_cast<acc_t>(eps));
-      sc[c] = wp ? si[c] * wp[c] : si[c];
-      sh[c] = bp ? bp[c] : acc_t(0);
+      scale[c] = wp ? si[c] * wp[c] : si[c];
+      shift[c] = bp ? bp[c] : acc_t(0);
     }
-    affine_write<false>(xp, static_cast<const scalar_t*>(nullptr), y.data_ptr<scalar_t>(),
-                        layout, ChannelCoefficients<acc_t>{sm, sc, sh, nullptr});
+    affine_write<false>(xp, static_cast<const scalar_t*>(nullptr), a.y.data_ptr<scalar_t>(),
+                        layout, ChannelCoefficients<acc_t>{sm, scale.data(), shift.data(), nullptr});
   });
-  return {y, save_mean, save_invstd, batch_mean, batch_var};
+  return a.outputs();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& weight,
     const at::Tensor& mask, const at::Tensor& save_mean, const at::Tensor& save_invstd) {
   check_cpu(x, "x");
-  check_cpu(grad_y, "grad_y");
-  const StochNormLayout layout = stoch_norm_layout(x);
-  check_stoch_norm_channels(layout, weight, std::nullopt, save_mean, save_invstd, mask);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
-              "stoch_norm_backward_cpu: grad_y must match x in shape and dtype, got ",
-              grad_y.sizes(), " ", grad_y.scalar_type(), " for x ", x.sizes(), " ",
-              x.scalar_type());
-  const at::Tensor input = x.contiguous(layout.format);
-  const at::Tensor dy = grad_y.contiguous(layout.format);
-  const at::ScalarType acc_dtype = at::toOpMathType(input.scalar_type());
-  TORCH_CHECK(save_mean.scalar_type() == acc_dtype && save_invstd.scalar_type() == acc_dtype,
-              "stoch_norm_backward_cpu: save_mean/save_invstd must be ", acc_dtype);
-  const auto options = input.options().dtype(acc_dtype);
-  const int64_t C = layout.c;
-  const double count = static_cast<double>(layout.n * layout.s);
-  at::Tensor grad_x = at::empty_like(input);
-  at::Tensor sum_dy = at::empty({C}, options), sum_dy_xhat = at::empty({C}, options);
-  at::Tensor k_dy = at::empty({C}, options), k_xmu = at::empty({C}, options);
-  at::Tensor k_const = at::empty({C}, options);
-  const at::Tensor w = channel_vector(weight, acc_dtype);
-  const at::Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
-  const at::Tensor select = mask.contiguous();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+  const StochNormBackwardArgs a(grad_y, x, weight, mask, save_mean, save_invstd);
+  const StochNormLayout& layout = a.layout;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "stoch_norm_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *xp = input.data_ptr<scalar_t>(), *gp = dy.data_ptr<scalar_t>();
-    const acc_t *mp = mean.data_ptr<acc_t>(), *ip = invstd.data_ptr<acc_t>();
-    acc_t *sdy = sum_dy.data_ptr<acc_t>(), *sdx = sum_dy_xhat.data_ptr<acc_t>();
+    const scalar_t* xp = a.input.data_ptr<scalar_t>();
+    const scalar_t* gp = a.grad_y.data_ptr<scalar_t>();
+    const acc_t* mp = a.save_mean.data_ptr<acc_t>();
+    const acc_t* ip = a.save_invstd.data_ptr<acc_t>();
+    acc_t* sum_dy = a.grad_bias.data_ptr<acc_t>();
+    acc_t* sum_dy_xhat = a.grad_weight.data_ptr<acc_t>();
     if (layout.channels_last) {
-      grad_sums_channels_last(gp, xp, mp, layout, sdy, sdx);
+      grad_sums_channels_last(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
     } else {
-      grad_sums_channels_first(gp, xp, mp, layout, sdy, sdx);
+      grad_sums_channels_first(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
     }
     // dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n), x̂ = (x − μ)·invstd, s the mask.
-    const bool* s = select.data_ptr<bool>();
-    const acc_t* wp = data_or_null<acc_t>(w);
-    acc_t *kd = k_dy.data_ptr<acc_t>(), *kx = k_xmu.data_ptr<acc_t>();
-    acc_t* kc = k_const.data_ptr<acc_t>();
-    for (int64_t c = 0; c < C; ++c) {
-      sdx[c] *= ip[c];  // Σdy·(x − μ) → Σdy·x̂
+    const bool* s = a.mask.data_ptr<bool>();
+    const acc_t* wp = data_or_null<acc_t>(a.weight);
+    const acc_t count = static_cast<acc_t>(layout.n * layout.s);
+    std::vector<acc_t> k_dy(layout.c), k_xmu(layout.c), k_const(layout.c);
+    for (int64_t c = 0; c < layout.c; ++c) {
+      sum_dy_xhat[c] *= ip[c];  // Σdy·(x − μ) → Σdy·x̂
       const acc_t gamma_invstd = (wp ? wp[c] : acc_t(1)) * ip[c];
-      const acc_t batch = s[c] ? acc_t(1) / static_cast<acc_t>(count) : acc_t(0);
-      kd[c] = gamma_invstd;
-      kx[c] = -gamma_invstd * ip[c] * batch * sdx[c];
-      kc[c] = -gamma_invstd * batch * sdy[c];
+      const acc_t per_value = s[c] ? gamma_invstd / count : acc_t(0);
+      k_dy[c] = gamma_invstd;
+      k_xmu[c] = -per_value * ip[c] * sum_dy_xhat[c];
+      k_const[c] = -per_value * sum_dy[c];
     }
-    affine_write<true>(xp, gp, grad_x.data_ptr<scalar_t>(), layout,
-                       ChannelCoefficients<acc_t>{mp, kx, kc, kd});
+    affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout,
+                       ChannelCoefficients<acc_t>{mp, k_xmu.data(), k_const.data(), k_dy.data()});
   });
-  const at::ScalarType param_dtype = w.defined() ? weight->scalar_type() : acc_dtype;
-  return {grad_x, sum_dy_xhat.to(param_dtype), sum_dy.to(param_dtype)};
+  return a.outputs();
 }
 
 }  // namespace tltorch_ext
