@@ -58,7 +58,7 @@ inline at::Tensor stoch_norm_channel_arg(const char* name, const std::optional<a
 struct StochNormForwardArgs {
   StochNormLayout layout;
   at::ScalarType acc_dtype;
-  at::Tensor input, weight, bias, running_mean, running_var, mask;  // weight, bias: may be undefined
+  at::Tensor input, weight, bias, running_mean, running_var, mask;  // weight, bias: or undefined
   at::Tensor y, save_mean, save_invstd, batch_mean, batch_var;
 
   StochNormForwardArgs(const at::Tensor& x, const std::optional<at::Tensor>& weight_,

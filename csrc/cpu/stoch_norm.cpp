@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "ops.h"
@@ -49,6 +50,37 @@ struct Moments {
   }
 };
 
+// (Σ_i a(i), Σ_i b(i)) over i < n, kept in kLanes independent partial sums each: the fixed-size
+// inner loop vectorizes, and the adds of different lanes overlap instead of waiting on one
+// running sum's latency (which would bound a plain reduction loop to a fraction of bandwidth).
+template <typename acc_t, typename A, typename B>
+std::pair<acc_t, acc_t> lane_sums(int64_t n, const A& a, const B& b) {
+  constexpr int kLanes = 128 / sizeof(acc_t);
+  acc_t lanes_a[kLanes] = {}, lanes_b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      lanes_a[j] += a(i + j);
+      lanes_b[j] += b(i + j);
+    }
+  }
+  acc_t sum_a = 0, sum_b = 0;
+  for (; i < n; ++i) {
+    sum_a += a(i);
+    sum_b += b(i);
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    sum_a += lanes_a[j];
+    sum_b += lanes_b[j];
+  }
+  return {sum_a, sum_b};
+}
+
+template <typename acc_t, typename A>
+acc_t lane_sum(int64_t n, const A& a) {
+  return lane_sums<acc_t>(n, a, [](int64_t) { return acc_t(0); }).first;
+}
+
 // Moments of n contiguous values (n ≥ 1), by a sum pass then a centred pass over the same
 // (cached) values.
 template <typename scalar_t, typename acc_t>
@@ -56,16 +88,13 @@ void merge_run(Moments<acc_t>& moments, const scalar_t* v, int64_t n) {
   for (int64_t start = 0; start < n; start += kChunk) {
     const int64_t len = std::min(kChunk, n - start);
     const scalar_t* p = v + start;
-    acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(p[i]);
-    const acc_t mean = sum / static_cast<acc_t>(len);
-    acc_t m2 = 0;
-#pragma omp simd reduction(+ : m2)
-    for (int64_t i = 0; i < len; ++i) {
+    const acc_t mean =
+        lane_sum<acc_t>(len, [p](int64_t i) { return static_cast<acc_t>(p[i]); }) /
+        static_cast<acc_t>(len);
+    const acc_t m2 = lane_sum<acc_t>(len, [p, mean](int64_t i) {
       const acc_t d = static_cast<acc_t>(p[i]) - mean;
-      m2 += d * d;
-    }
+      return d * d;
+    });
     moments.merge(static_cast<acc_t>(len), mean, m2);
   }
 }
@@ -90,8 +119,8 @@ void batch_stats_channels_first(const scalar_t* x, const StochNormLayout& l, acc
 // parallel and returns the number of parts (each writes its own partials, combined serially after).
 template <typename F>
 int64_t for_each_row_part(int64_t rows, int64_t row_values, const F& part_fn) {
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), rows / std::max<int64_t>(grain_for(row_values), 1)));
+  const int64_t parts =
+      std::clamp<int64_t>(rows / grain_for(row_values), 1, at::get_num_threads());
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part)
       part_fn(part, rows * part / parts, rows * (part + 1) / parts);
@@ -231,13 +260,11 @@ void grad_sums_channels_first(const scalar_t* dy, const scalar_t* x, const acc_t
         const scalar_t* gp = dy + offset;
         const scalar_t* xp = x + offset;
         // Summed per run, then added to the totals: pairwise-like accuracy in float32.
-        acc_t run_dy = 0, run_dy_xmu = 0;
-#pragma omp simd reduction(+ : run_dy, run_dy_xmu)
-        for (int64_t i = 0; i < l.s; ++i) {
-          const acc_t g = static_cast<acc_t>(gp[i]);
-          run_dy += g;
-          run_dy_xmu += g * (static_cast<acc_t>(xp[i]) - m);
-        }
+        const auto [run_dy, run_dy_xmu] = lane_sums<acc_t>(
+            l.s, [gp](int64_t i) { return static_cast<acc_t>(gp[i]); },
+            [gp, xp, m](int64_t i) {
+              return static_cast<acc_t>(gp[i]) * (static_cast<acc_t>(xp[i]) - m);
+            });
         total_dy += run_dy;
         total_dy_xmu += run_dy_xmu;
       }
@@ -329,8 +356,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stoch_nor
       scale[c] = wp ? si[c] * wp[c] : si[c];
       shift[c] = bp ? bp[c] : acc_t(0);
     }
+    const ChannelCoefficients<acc_t> coefficients{sm, scale.data(), shift.data(), nullptr};
     affine_write<false>(xp, static_cast<const scalar_t*>(nullptr), a.y.data_ptr<scalar_t>(),
-                        layout, ChannelCoefficients<acc_t>{sm, scale.data(), shift.data(), nullptr});
+                        layout, coefficients);
   });
   return a.outputs();
 }
@@ -368,8 +396,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
       k_xmu[c] = -per_value * ip[c] * sum_dy_xhat[c];
       k_const[c] = -per_value * sum_dy[c];
     }
-    affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout,
-                       ChannelCoefficients<acc_t>{mp, k_xmu.data(), k_const.data(), k_dy.data()});
+    const ChannelCoefficients<acc_t> coefficients{mp, k_xmu.data(), k_const.data(), k_dy.data()};
+    affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout, coefficients);
   });
   return a.outputs();
 }
