@@ -293,7 +293,7 @@ def _grad_combine_kernel(partial_ptr, num_splits, C, count, weight_ptr, mask_ptr
     if HAS_WEIGHT:
         gamma_invstd = invstd * tl.load(weight_ptr + c, mask=cmask, other=0.0)
     batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
-    per_value = tl.where(batch, gamma_invstd / count.to(ACC), 0.0)
+    per_value = tl.where(batch, gamma_invstd / count, 0.0)
     tl.store(grad_weight_ptr + c, sum_dy_xhat, mask=cmask)
     tl.store(grad_bias_ptr + c, sum_dy, mask=cmask)
     tl.store(k_dy_ptr + c, gamma_invstd, mask=cmask)
