@@ -323,7 +323,8 @@ def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return penalty, vectors
 
 
-def backward(grad_penalty: torch.Tensor, feature: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+def backward(grad_penalty: torch.Tensor, feature: torch.Tensor,
+             vectors: torch.Tensor) -> torch.Tensor:
     feature = feature.contiguous()
     batch = feature.shape[0]
     m, length, stride_m, stride_l = _side(feature)

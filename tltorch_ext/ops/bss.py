@@ -24,7 +24,8 @@ def _forward(feature: Tensor, k: int) -> tuple[Tensor, Tensor]:
 @_forward.register_fake
 def _(feature, k):
     batch, rows, cols = feature.shape
-    vectors = feature.new_empty((batch, torch.sym_min(rows, cols), k), dtype=stat_dtype(feature.dtype))
+    vectors = feature.new_empty((batch, torch.sym_min(rows, cols), k),
+                                dtype=stat_dtype(feature.dtype))
     return feature.new_empty(batch), vectors
 
 

@@ -39,7 +39,8 @@ def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return penalty.to(feature.dtype), vectors.contiguous()
 
 
-def backward(grad_penalty: torch.Tensor, feature: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+def backward(grad_penalty: torch.Tensor, feature: torch.Tensor,
+             vectors: torch.Tensor) -> torch.Tensor:
     """∂(g·penalty)/∂F = 2 g U_k U_kᵀ F (b ≤ d) or 2 g F V_k V_kᵀ (b > d), in feature's dtype."""
     acc = vectors.dtype
     x = feature.to(acc)
