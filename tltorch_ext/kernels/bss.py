@@ -218,8 +218,11 @@ def _jacobi_kernel(work_ptr, log_ptr, x_ptr, penalty_ptr, vectors_ptr, n, k, tol
         current = 1 - current
 
     failed = bad != 0
-    tl.store(penalty_ptr + batch,
-             tl.where(failed, float("nan"), penalty).to(penalty_ptr.dtype.element_ty))
+    penalty = tl.where(failed, float("nan"), penalty)
+    if penalty_ptr.dtype.element_ty != tl.float64:
+        # Through float32: the interpreter's direct float64 → bfloat16 cast returns wrong bits.
+        penalty = penalty.to(tl.float32)
+    tl.store(penalty_ptr + batch, penalty.to(penalty_ptr.dtype.element_ty))
     out = vectors_ptr + batch * n * k
     src = xbuf + current * NP * KP
     for r0 in range(0, n, BR):
