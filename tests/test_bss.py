@@ -214,6 +214,22 @@ def test_triton_falls_back_to_eigh_beyond_the_jacobi_size(monkeypatch):
     torch.testing.assert_close(x.grad, oracle.grad, rtol=1e-9, atol=1e-9)
 
 
+def test_triton_jacobi_over_several_row_tiles(monkeypatch):
+    # Tiles of 2 rows: each round and each replay step loops over 4 tiles of the 8 × 8 buffers.
+    if "triton" not in BACKENDS:
+        pytest.skip("Triton is not available")
+    from tltorch_ext.kernels import bss as triton_bss
+
+    monkeypatch.setattr(triton_bss, "_TILE_ELEMENTS", 16)
+    x = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
+    got = run("triton", x, 3)
+    torch.testing.assert_close(got, svd_penalty(x.detach(), 3), rtol=1e-10, atol=0)
+    got.backward()
+    oracle = x.detach().clone().requires_grad_()
+    svd_penalty(oracle, 3).backward()
+    torch.testing.assert_close(x.grad, oracle.grad, rtol=1e-9, atol=1e-9)
+
+
 def test_non_contiguous_input():
     x = torch.randn(11, 6, dtype=torch.float64)
     torch.testing.assert_close(bss_penalty(x.T, 2), bss_penalty(x.T.contiguous(), 2))
@@ -227,7 +243,8 @@ def test_bad_input():
         bss_penalty(x, 0)
     with pytest.raises(TypeError, match="k must be an int"):
         bss_penalty(x, 1.0)
-    with pytest.raises(ValueError, match=r"feature must be \(b, d\) or \(n, b, d\), got shape \(6,\)"):
+    with pytest.raises(ValueError,
+                       match=r"feature must be \(b, d\) or \(n, b, d\), got shape \(6,\)"):
         bss_penalty(torch.randn(6), 1)
     with pytest.raises(ValueError, match=r"got shape \(1, 2, 4, 6\)"):
         bss_penalty(torch.randn(1, 2, 4, 6), 1)
@@ -276,19 +293,18 @@ def test_cuda_float32_within_1e4_of_float64_svd(backend, shape):
 @pytest.mark.parametrize("backend", cuda_backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cuda_batched_gradient_matches_svd(backend, dtype):
-    x = torch.randn(5, 48, 200, dtype=torch.float64)
-    weights = torch.randn(5, dtype=torch.float64)
-    oracle = x.clone().requires_grad_()
-    (svd_penalty(oracle, 3) * weights).sum().backward()
-    for feature in (x, x.mT.contiguous()):
-        ours = feature.to(dtype).cuda().requires_grad_()
+    x = torch.randn(5, 48, 200, dtype=torch.float64).to(dtype)
+    weights = torch.randn(5, dtype=torch.float64).to(dtype)
+    for feature in (x, x.mT.contiguous()):  # b < d and b > d
+        oracle = feature.double().requires_grad_()
+        (svd_penalty(oracle, 3) * weights.double()).sum().backward()
+        ours = feature.cuda().requires_grad_()
         got = run(backend, ours, 3)
         assert got.dtype == dtype
-        (got * weights.to(dtype).cuda()).sum().backward()
-        grad = ours.grad.double().cpu()
-        want = oracle.grad if feature is x else oracle.grad.mT
-        tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
-        assert (grad - want).abs().max() <= tol * want.abs().max()
+        (got * weights.cuda()).sum().backward()
+        # bfloat16: only the rounding of the gradient itself (8 bits) is left.
+        tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 1e-2}[dtype]
+        assert (ours.grad.double().cpu() - oracle.grad).abs().max() <= tol * oracle.grad.abs().max()
 
 
 @pytest.mark.gpu
