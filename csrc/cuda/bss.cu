@@ -8,7 +8,7 @@
 //   (2r − i) mod (m − 1); the m/2 pairs of a round are disjoint, so one round applies its m/2
 //   rotations G ← Rᵀ G R at once, and a sweep's m − 1 rounds meet every pair once.
 // - G is kept as its packed upper triangle (float64, m(m+1)/2 values) in shared memory when that
-//   fits the device's opt-in limit (m ≤ 238 on H100, 202 on A100), else in a global workspace
+//   fits the device's opt-in limit (m ≤ 236 on H100, 200 on A100), else in a global workspace
 //   (L2-resident); either way one thread block owns it.
 // - A round: thread q computes the tangent of pair q from its 2×2 block and logs it; then each
 //   thread takes pairs of pairs (qa ≤ qb) and rotates their 2×2 blocks of G in place.

@@ -13,7 +13,7 @@ Forward, per matrix F of the batch, with A = F (b ≤ d) or A = Fᵀ (b > d), A 
    a log. Sweeps stop when max_{i≠j} |G_ij| ≤ m·eps·max_i G_ii, or after ``MAX_SWEEPS`` (NaN-safe:
    a non-finite G skips the sweeps and gives NaN). Then the k smallest diagonal entries, clamped at
    0, give the penalty, and replaying the logged rotations backwards on the k unit vectors e_i of
-   those entries gives the eigenvectors (n·k work per round instead of accumulating all m²).
+   those entries gives the eigenvectors (m·k work per round instead of accumulating all m²).
    For m > 256 the eigenproblem falls back to torch.linalg.eigh on the same float64 G.
 Backward: ``_backward_kernel`` forms W = U_kᵀ A one column block of A at a time, then writes
 2 g U_k W there (float32 with IEEE products, float64 for float64 input); no decomposition.
@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ..ops._dispatch import stat_dtype
 
 MAX_JACOBI = 256  # largest Gram the Jacobi kernel solves; beyond, torch.linalg.eigh
 MAX_SWEEPS = 16  # float64 Jacobi needs ≈ log2(m) + 3 sweeps (11 at m = 256)
@@ -294,24 +296,20 @@ def _smallest_by_eigh(gram: torch.Tensor, k: int, dtype: torch.dtype, acc: torch
     return penalty.to(dtype), vectors.to(acc).contiguous()
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     feature = feature.contiguous()
     batch = feature.shape[0]
     m = min(feature.shape[1:])
-    acc = _accumulation_dtype(feature.dtype)
+    acc = stat_dtype(feature.dtype)
     device = feature.device
-    if m > MAX_JACOBI:
-        gram = torch.empty((batch, m, m), dtype=torch.float64, device=device)
-        _gram(feature, gram, m * m, m)
-        return _smallest_by_eigh(gram, k, feature.dtype, acc)
     penalty = torch.empty(batch, dtype=feature.dtype, device=device)
     vectors = torch.empty((batch, m, k), dtype=acc, device=device)
     if batch == 0:
         return penalty, vectors
+    if m > MAX_JACOBI:
+        gram = torch.empty((batch, m, m), dtype=torch.float64, device=device)
+        _gram(feature, gram, m * m, m)
+        return _smallest_by_eigh(gram, k, feature.dtype, acc)
     padded = triton.next_power_of_2(m + m % 2)
     kp = triton.next_power_of_2(k)
     work = torch.zeros((batch, 2, padded, padded), dtype=torch.float64, device=device)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..ops._dispatch import stat_dtype
 
 
 def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +23,7 @@ def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     left ones (m = b) when b ≤ d, else the right ones (m = d), in float32 (float64 for float64
     input). A matrix with a non-finite entry gets NaN penalty and vectors (the SVD would refuse it).
     """
-    acc = _accumulation_dtype(feature.dtype)
+    acc = stat_dtype(feature.dtype)
     x = feature.to(acc)
     rows, cols = x.shape[-2:]
     finite = torch.isfinite(x).flatten(1).all(1)
