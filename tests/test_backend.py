@@ -31,3 +31,11 @@ def test_unavailable_backend_is_refused():
 
 def test_auto_never_picks_the_triton_interpreter_on_cpu():
     assert _backend.resolve("stoch_norm", "cpu") in ("cpu", "reference")
+
+
+def test_compiled_backend_requires_the_op_in_the_build(monkeypatch):
+    from tltorch_ext import _ext
+
+    monkeypatch.setattr(_ext, "has_op", lambda op, backend: False)
+    assert "cpu" not in tltorch_ext.available_backends("cpu", op="stoch_norm")
+    assert _backend.resolve("stoch_norm", "cpu") == "reference"

@@ -52,8 +52,9 @@ def _triton_usable(device_type: str) -> bool:
     return device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def available_backends(device="cpu") -> list[str]:
-    """Concrete backends that can run on ``device`` (a device, its name, or a tensor)."""
+def available_backends(device="cpu", op: str | None = None) -> list[str]:
+    """Concrete backends that can run on ``device`` (a device, its name, or a tensor); with
+    ``op``, only those whose build has that op (a stale ``_C`` may predate it)."""
     device_type = _as_device_type(device)
     found = ["reference"]
     if _triton_usable(device_type):
@@ -62,6 +63,8 @@ def available_backends(device="cpu") -> list[str]:
         found.append("cpu")
     if device_type == "cuda" and _ext.has_cuda() and torch.cuda.is_available():
         found.append("cuda")
+    if op is not None:
+        found = [b for b in found if b not in ("cpu", "cuda") or _ext.has_op(op, b)]
     return found
 
 
@@ -115,7 +118,7 @@ def resolve(op: str, device) -> str:
     """The concrete backend that runs ``op`` for tensors on ``device``."""
     device_type = _as_device_type(device)
     name = _current.get()
-    available = available_backends(device_type)
+    available = available_backends(device_type, op)
     if name == "auto":
         return next((b for b in auto_order(op, device_type) if b in available), "reference")
     if name not in available:

@@ -45,3 +45,9 @@ def has_cpu() -> bool:
 def has_cuda() -> bool:
     module = extension()
     return module is not None and bool(getattr(module, "WITH_CUDA", False))
+
+
+def has_op(op: str, backend: str) -> bool:
+    """Whether the compiled module has ``op``'s forward for ``backend`` ('cpu' or 'cuda')."""
+    module = extension()
+    return module is not None and hasattr(module, f"{op}_forward_{backend}")

@@ -1,2 +1,4 @@
-"""fewshot."""
-__all__ = []
+"""fewshot: prototypical networks and episodic sampling."""
+from .prototypical import EpisodicSampler, PrototypicalNetwork, class_prototypes
+
+__all__ = ["PrototypicalNetwork", "EpisodicSampler", "class_prototypes"]

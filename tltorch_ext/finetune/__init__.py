@@ -1,4 +1,64 @@
-"""Fine-tuning regularizers, StochNorm, BSS and strategies (SPEC §2, §5)."""
-from .stochnorm import StochNorm1d, StochNorm2d, StochNorm3d, convert_model
+"""finetune: StochNorm, BSS, regularizers and strategies for fine-tuning pre-trained models
+(SPEC §1.1, §1.4, §2, §5).
 
-__all__ = ["StochNorm1d", "StochNorm2d", "StochNorm3d", "convert_model"]
+The three ``Classifier`` variants are reached through their modules: ``lwf.Classifier``,
+``co_tuning.Classifier`` (the same class) and ``bi_tuning.Classifier``.
+"""
+from . import bi_tuning, co_tuning, lwf, strategies
+from .bi_tuning import BiTuning, Bituning
+from .co_tuning import CoTuningLoss, Relationship
+from .layer_getter import IntermediateLayerGetter
+from .lwf import LwFLoss, collect_pretrain_labels
+from .regularization import (
+    AttentionBehavioralRegularization,
+    BehavioralRegularization,
+    L2Regularization,
+    SPRegularization,
+    compute_channel_attention,
+)
+from .stochnorm import StochNorm1d, StochNorm2d, StochNorm3d, convert_model
+from .strategies import (
+    FeatureExtractor,
+    GradualUnfreezing,
+    extract_features,
+    forgetting,
+    freeze_policy,
+    layerwise_lr_groups,
+    replace_head,
+)
+from .sync_stochnorm import SyncStochNorm
+
+__all__ = [
+    # StochNorm (SPEC §1.1)
+    "StochNorm1d",
+    "StochNorm2d",
+    "StochNorm3d",
+    "SyncStochNorm",
+    "convert_model",
+    # regularizers (SPEC §2)
+    "L2Regularization",
+    "SPRegularization",
+    "BehavioralRegularization",
+    "AttentionBehavioralRegularization",
+    "compute_channel_attention",
+    "IntermediateLayerGetter",
+    # LwF, Co-Tuning, Bi-Tuning (SPEC §2)
+    "lwf",
+    "LwFLoss",
+    "collect_pretrain_labels",
+    "co_tuning",
+    "CoTuningLoss",
+    "Relationship",
+    "bi_tuning",
+    "BiTuning",
+    "Bituning",
+    # strategies (SPEC §5)
+    "strategies",
+    "FeatureExtractor",
+    "extract_features",
+    "GradualUnfreezing",
+    "layerwise_lr_groups",
+    "freeze_policy",
+    "forgetting",
+    "replace_head",
+]

@@ -50,14 +50,22 @@ class _StochNorm(_BatchNorm):
         if not input.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
 
+    def _count_batch(self) -> float:
+        """Count this training batch; the running-statistics factor, as _BatchNorm's: momentum,
+        or a cumulative average when momentum is None."""
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    def _draw_mask(self, device) -> torch.Tensor:
+        """s_c ~ Bernoulli(p) per channel, from torch's generator on ``device``."""
+        return torch.rand(self.num_features, device=device) < self.p
+
     def forward(self, input):
         self._check_input_dim(input)
         if not (self.training and self.track_running_stats):
             return super().forward(input)
-        # Same factor as _BatchNorm: momentum, or a cumulative average when momentum is None.
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        mask = torch.rand(self.num_features, device=input.device) < self.p
+        factor = self._count_batch()
+        mask = self._draw_mask(input.device)
         y, _, _, batch_mean, batch_var = stoch_norm(
             input, self.weight, self.bias, self.running_mean, self.running_var, mask, self.eps
         )
