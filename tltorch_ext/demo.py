@@ -611,6 +611,8 @@ def _run(args) -> int:
     for parameter in source.parameters():
         parameter.requires_grad_(False)
 
+    # The first optimizer built imports torch._dynamo (about a second): not part of any method's cost.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     summaries, unavailable = [], {}
     for method in tqdm(methods, desc="methods", disable=args.quiet):
         runs = []
@@ -638,6 +640,8 @@ def _run(args) -> int:
         "chance_accuracy": 1 / len(data.target_classes),
     }
     print(format_table(summaries))
+    for method, reason in unavailable.items():
+        print(f"skipped {method}: {reason}")
     if summaries:
         paths = write_outputs(summaries, meta, Path(args.out))
         print(f"total {total:.1f} s; wrote {', '.join(str(p) for p in paths)}")
