@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ._backend import available_backends
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 LAYERS = ("backbone.block1", "backbone.block2", "backbone.block3")  # DELTA's feature maps
 
@@ -522,15 +524,13 @@ def _plot(summaries: list[dict], meta: dict, path: Path) -> None:
     names = [s["method"] for s in summaries]
     positions = np.arange(len(names))
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(positions, [100 * s["accuracy_mean"] for s in summaries],
-             yerr=[100 * s["accuracy_std"] for s in summaries], capsize=4, color="tab:blue")
-    chance = 100 * meta["chance_accuracy"]
-    left.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
-    left.set_ylim(bottom=chance)  # bars start at chance level, where differences show
-    left.legend(loc="lower right")
-    left.set_ylabel("target test accuracy (%)")
+    bars = left.bar(positions, [100 * s["accuracy_mean"] for s in summaries],
+                    yerr=[100 * s["accuracy_std"] for s in summaries], capsize=4, color="tab:blue")
+    left.bar_label(bars, fmt="%.1f", label_type="center", color="white")
+    left.set_ylim(bottom=100 * meta["chance_accuracy"])
+    left.set_ylabel("target test accuracy (%) (axis from chance)")
     left.set_title(f"{meta['shots']} shots per class, {len(meta['seeds'])} seeds (mean ± std)")
-    right.bar(positions, [s["ms_per_step"] for s in summaries], color="tab:orange")
+    right.bar_label(right.bar(positions, [s["ms_per_step"] for s in summaries], color="tab:orange"), fmt="%.2f")
     right.set_ylabel("ms per training step")
     right.set_title(f"training cost ({meta['device']})")
     for axis in (left, right):
@@ -550,6 +550,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options, added to ``parser``."""
     parser.add_argument("--data", default=None, metavar="PATH",
@@ -565,7 +572,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds of the target split and of fine-tuning (default 0 1 2)")
     parser.add_argument("--steps", type=_positive_int, default=200, help="fine-tuning steps per run")
     parser.add_argument("--epochs", type=_positive_int, default=10, help="source pre-training epochs")
-    parser.add_argument("--lr", type=float, default=0.05, help="fine-tuning learning rate (SGD, every layer)")
+    parser.add_argument("--lr", type=_positive_float, default=0.05, help="fine-tuning learning rate (SGD, every layer)")
     parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--width", type=_positive_int, default=32, help="channels of the first conv block")
     parser.add_argument("--pretrain-seed", type=int, default=0)
@@ -636,7 +643,7 @@ def _run(args) -> int:
     meta = {
         "data": data.description, "device": str(device), "shots": args.shots, "seeds": seeds,
         "steps": args.steps, "pretrain_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(), "unavailable": unavailable, "total_seconds": total,
+        "torch_threads": torch.get_num_threads(), "backends": available_backends(device), "unavailable": unavailable, "total_seconds": total,
         "chance_accuracy": 1 / len(data.target_classes),
     }
     print(format_table(summaries))
