@@ -300,32 +300,31 @@ class TargetTask:
 class Run:
     """A method ready to train: ``loss(x, y, idx)`` on a batch (idx: indices into the train set)."""
 
-    model: nn.Module  # eval mode → target logits
-    param_groups: list  # parameters or parameter groups for the optimizer
+    model: nn.Module  # eval mode → target logits; every parameter trains at --lr
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _single_head_run(model: SmallCNN, lr: float, loss=None) -> Run:
+def _single_head_run(model: SmallCNN, loss=None) -> Run:
     """A run of a SmallCNN whose loss, ``loss(x, y)``, is the cross-entropy unless given."""
     loss = loss or (lambda x, y: F.cross_entropy(model(x), y))
-    return Run(model, list(model.parameters()), lambda x, y, idx: loss(x, y))
+    return Run(model, lambda x, y, idx: loss(x, y))
 
 
-def setup_finetune(task: TargetTask, lr: float) -> Run:
-    return _single_head_run(_with_new_head(task.source, task.num_classes), lr)
+def setup_finetune(task: TargetTask) -> Run:
+    return _single_head_run(_with_new_head(task.source, task.num_classes))
 
 
-def setup_scratch(task: TargetTask, lr: float) -> Run:
-    model = SmallCNN(task.x.shape[1], task.num_classes, task.source.head.in_features // 2).to(task.device)
-    return Run(model, list(model.parameters()), lambda x, y, idx: F.cross_entropy(model(x), y))
+def setup_scratch(task: TargetTask) -> Run:
+    return _single_head_run(
+        SmallCNN(task.x.shape[1], task.num_classes, task.source.head.in_features // 2).to(task.device))
 
 
-def setup_l2sp(task: TargetTask, lr: float) -> Run:
+def setup_l2sp(task: TargetTask) -> Run:
     SPRegularization = _library("SPRegularization")
     model = _with_new_head(task.source, task.num_classes)
     regularization = SPRegularization(task.source, model)
     return _single_head_run(
-        model, lr, lambda x, y: F.cross_entropy(model(x), y) + L2SP_WEIGHT * regularization())
+        model, lambda x, y: F.cross_entropy(model(x), y) + L2SP_WEIGHT * regularization())
 
 
 def _fit_head(task: TargetTask, steps: int = 100) -> SmallCNN:
@@ -342,7 +341,7 @@ def _fit_head(task: TargetTask, steps: int = 100) -> SmallCNN:
     return model
 
 
-def setup_delta(task: TargetTask, lr: float) -> Run:
+def setup_delta(task: TargetTask) -> Run:
     AttentionReg, compute_attention, LayerGetter = _library(
         "AttentionBehavioralRegularization", "compute_channel_attention", "IntermediateLayerGetter")
     attention = compute_attention(_fit_head(task), list(LAYERS), task.loader(), progress=task.progress)
@@ -357,10 +356,10 @@ def setup_delta(task: TargetTask, lr: float) -> Run:
         maps, logits = target_maps(x)
         return F.cross_entropy(logits, y) + DELTA_WEIGHT * regularization(reference, maps)
 
-    return _single_head_run(model, lr, loss)
+    return _single_head_run(model, loss)
 
 
-def setup_bss(task: TargetTask, lr: float) -> Run:
+def setup_bss(task: TargetTask) -> Run:
     BatchSpectralShrinkage = _library("BatchSpectralShrinkage")
     model = _with_new_head(task.source, task.num_classes)
     shrinkage = BatchSpectralShrinkage(k=1)
@@ -369,22 +368,21 @@ def setup_bss(task: TargetTask, lr: float) -> Run:
         features = model.features(x)
         return F.cross_entropy(model.head(features), y) + BSS_WEIGHT * shrinkage(features)
 
-    return _single_head_run(model, lr, loss)
+    return _single_head_run(model, loss)
 
 
-def setup_stochnorm(task: TargetTask, lr: float) -> Run:
+def setup_stochnorm(task: TargetTask) -> Run:
     convert_model = _library("convert_model")
-    return _single_head_run(convert_model(_with_new_head(task.source, task.num_classes), STOCHNORM_P), lr)
+    return _single_head_run(convert_model(_with_new_head(task.source, task.num_classes), STOCHNORM_P))
 
 
 def _two_head_classifier(task: TargetTask, module: str):
     Classifier = _library(f"finetune.{module}.Classifier")
     source = _trainable_copy(task.source)
-    # finetune=False: one learning rate for every part, as for the other methods
-    return Classifier(source.backbone, task.num_classes, head_source=source.head, finetune=False).to(task.device)
+    return Classifier(source.backbone, task.num_classes, head_source=source.head).to(task.device)
 
 
-def setup_co_tuning(task: TargetTask, lr: float) -> Run:
+def setup_co_tuning(task: TargetTask) -> Run:
     CoTuningLoss, Relationship = _library("finetune.co_tuning.CoTuningLoss", "finetune.co_tuning.Relationship")
     classifier = _two_head_classifier(task, "co_tuning")
     relationship = Relationship(task.loader(), classifier, task.device, progress=task.progress)
@@ -394,9 +392,9 @@ def setup_co_tuning(task: TargetTask, lr: float) -> Run:
         y_s, y_t = classifier(x)
         return F.cross_entropy(y_t, y) + CO_TUNING_WEIGHT * co_tuning_loss(y_s, relationship[y])
 
-    return Run(classifier, classifier.get_parameters(lr), loss)
+    return Run(classifier, loss)
 
-def setup_lwf(task: TargetTask, lr: float) -> Run:
+def setup_lwf(task: TargetTask) -> Run:
     LwFLoss, collect_pretrain_labels = _library("finetune.lwf.LwFLoss", "finetune.lwf.collect_pretrain_labels")
     classifier = _two_head_classifier(task, "lwf")
     recorded = collect_pretrain_labels(task.loader(), classifier, task.device, progress=task.progress)
@@ -407,9 +405,9 @@ def setup_lwf(task: TargetTask, lr: float) -> Run:
         y_s, y_t = classifier(x)
         return F.cross_entropy(y_t, y) + LWF_WEIGHT * distillation(y_s, recorded[idx])
 
-    return Run(classifier, classifier.get_parameters(lr), loss)
+    return Run(classifier, loss)
 
-SETUPS: dict[str, Callable[[TargetTask, float], Run]] = {
+SETUPS: dict[str, Callable[[TargetTask], Run]] = {
     "finetune": setup_finetune,
     "l2sp": setup_l2sp,
     "delta": setup_delta,
@@ -439,32 +437,34 @@ def run_method(method: str, task: TargetTask, test: tuple[torch.Tensor, torch.Te
     """Set up ``method``, train it ``args.steps`` steps of SGD with momentum, test it.
 
     Returns the test accuracy, the run's wall time, its set-up part (attention, relationship,
-    recorded predictions) and the median time of a training step."""
+    recorded predictions) and the median cost of a training step."""
     torch.manual_seed(seed)
     _synchronize(task.device)
     start = time.perf_counter()
-    run = SETUPS[method](task, args.lr)
-    optimizer = torch.optim.SGD(run.param_groups, lr=args.lr, momentum=0.9, nesterov=True)
+    run = SETUPS[method](task)
+    optimizer = torch.optim.SGD(run.model.parameters(), lr=args.lr, momentum=0.9, nesterov=True)
     batch_size = min(args.batch_size, len(task.y))
     generator = torch.Generator().manual_seed(seed)
     _synchronize(task.device)
     train_start = time.perf_counter()
     run.model.train()
+    # Step cost: on CPU the calling thread's CPU time, which other processes sharing the cores
+    # barely disturb; on CUDA the wall time up to the kernels' completion.
+    step_clock = time.thread_time if task.device.type == "cpu" else time.perf_counter
     step_seconds = []
     for _ in tqdm(range(args.steps), desc=f"{method} seed {seed}", disable=args.quiet, leave=False):
-        step_start = time.perf_counter()
+        step_start = step_clock()
         idx = torch.randperm(len(task.y), generator=generator)[:batch_size].to(task.device)
         optimizer.zero_grad(set_to_none=True)
         run.loss(task.x[idx], task.y[idx], idx).backward()
         optimizer.step()
         _synchronize(task.device)
-        step_seconds.append(time.perf_counter() - step_start)
+        step_seconds.append(step_clock() - step_start)
     end = time.perf_counter()
     return {
         "accuracy": accuracy(run.model, *test),
         "seconds": end - start,
         "setup_seconds": train_start - start,
-        # the median resists bursts of load from other processes sharing the CPU
         "ms_per_step": 1e3 * statistics.median(step_seconds),
     }
 
