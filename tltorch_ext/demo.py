@@ -51,8 +51,10 @@ CO_TUNING_WEIGHT = 2.3
 LWF_WEIGHT = 1.0
 LWF_TEMPERATURE = 2.0
 # Source pre-training: SGD over every source sample; part of the cache key.
-PRETRAIN_RECIPE = {"optimizer": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-                   "batch_size": 64}
+PRETRAIN_RECIPE = {
+    "optimizer": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+    "batch_size": 64,
+}
 
 
 class DemoError(ValueError):
@@ -92,12 +94,14 @@ def load_data(path: str | os.PathLike | None = None, image_size: int = 16) -> Tr
         return _transfer_data(digits.images[:, None], digits.target, "scikit-learn digits (8x8)")
     path = Path(path).expanduser()
     if not path.exists():
-        raise DemoError(f"--data {str(path)!r} does not exist; give an .npz file or a folder of class folders")
+        raise DemoError(
+            f"--data {str(path)!r} does not exist; give an .npz file or a folder of class folders")
     if path.is_dir():
         return _load_image_folder(path, image_size)
     if path.suffix.lower() == ".npz":
         return _load_npz(path)
-    raise DemoError(f"--data {str(path)!r} is neither an .npz file nor a folder of class sub-folders")
+    raise DemoError(
+        f"--data {str(path)!r} is neither an .npz file nor a folder of class sub-folders")
 
 
 def _load_npz(path: Path) -> TransferData:
@@ -108,7 +112,8 @@ def _load_npz(path: Path) -> TransferData:
     with arrays:
         missing = {"x", "y"} - set(arrays.files)
         if missing:
-            raise DemoError(f"--data {str(path)!r} lacks the arrays {sorted(missing)}; found {arrays.files}")
+            raise DemoError(
+                f"--data {str(path)!r} lacks the arrays {sorted(missing)}; found {arrays.files}")
         x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[:, None]
@@ -135,8 +140,10 @@ def _load_image_folder(path: Path, image_size: int) -> TransferData:
             images.append(np.asarray(gray, dtype=np.float32)[None])
             labels.append(class_dir.name)
     if not images:
-        raise DemoError(f"--data {str(path)!r} holds no class sub-folder with images ({sorted(IMAGE_SUFFIXES)})")
-    return _transfer_data(np.stack(images), np.array(labels), f"{path.name} (images {image_size}x{image_size})")
+        raise DemoError(f"--data {str(path)!r} holds no class sub-folder with images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    description = f"{path.name} (images {image_size}x{image_size})"
+    return _transfer_data(np.stack(images), np.array(labels), description)
 
 
 def _transfer_data(x: np.ndarray, y: np.ndarray, description: str) -> TransferData:
@@ -146,7 +153,8 @@ def _transfer_data(x: np.ndarray, y: np.ndarray, description: str) -> TransferDa
         raise DemoError(f"--data: images must be at least 4x4, got {x.shape[2]}x{x.shape[3]}")
     names, y_index = np.unique(y, return_inverse=True)
     if len(names) < 2:
-        raise DemoError(f"--data needs at least 2 classes (one source, one target), found {len(names)}")
+        raise DemoError(
+            f"--data needs at least 2 classes (one source, one target), found {len(names)}")
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if not torch.isfinite(x).all():
         raise DemoError("--data: x holds NaN or infinite values")
@@ -163,15 +171,16 @@ def _transfer_data(x: np.ndarray, y: np.ndarray, description: str) -> TransferDa
 
 
 def few_shot_split(y: torch.Tensor, shots: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, test indices): ``shots`` random samples of each class to train, the rest to test."""
+    """(train indices, test indices): ``shots`` random samples of each class to train, the rest
+    to test."""
     generator = torch.Generator().manual_seed(seed)
     train, test = [], []
     for label in torch.unique(y).tolist():
         members = torch.nonzero(y == label).flatten()
         if len(members) <= shots:
             raise DemoError(
-                f"target class index {label} has {len(members)} samples; --shots {shots} needs at least "
-                f"{shots + 1} (one left to test)"
+                f"target class index {label} has {len(members)} samples; --shots {shots} needs "
+                f"at least {shots + 1} (one left to test)"
             )
         members = members[torch.randperm(len(members), generator=generator)]
         train.append(members[:shots])
@@ -188,8 +197,8 @@ def _conv_block(in_channels: int, out_channels: int, downsample: bool) -> nn.Seq
 
 
 class SmallCNN(nn.Module):
-    """Three conv–BN–ReLU blocks (the 2nd and 3rd after a 2×2 max-pool), global average pooling,
-    a linear head. ``backbone`` maps images to (B, 2·width, H/4, W/4)."""
+    """Three conv–BN–ReLU blocks (the 2nd and 3rd after a 2×2 max-pool), global average
+    pooling, a linear head. ``backbone`` maps images to (B, 2·width, ⌊H/4⌋, ⌊W/4⌋)."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32):
         super().__init__()
@@ -221,7 +230,8 @@ def _with_new_head(source: SmallCNN, num_classes: int) -> SmallCNN:
     return model
 
 
-def _pretrain_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int) -> str:
+def _pretrain_key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int):
+    """Cache key: a hash of the architecture, the pre-training settings and the source data."""
     digest = hashlib.sha256()
     digest.update(repr(model).encode())
     settings = {"seed": seed, "epochs": epochs, "shape": list(x.shape), **PRETRAIN_RECIPE}
@@ -245,12 +255,14 @@ def pretrain_source(data: TransferData, args, device: torch.device) -> tuple[Sma
             return model.to(device).eval(), f"loaded from {cache}"
     model.to(device).train()
     x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=PRETRAIN_RECIPE["lr"], momentum=PRETRAIN_RECIPE["momentum"],
-                                nesterov=PRETRAIN_RECIPE["nesterov"], weight_decay=PRETRAIN_RECIPE["weight_decay"])
-    batch_size = min(PRETRAIN_RECIPE["batch_size"], len(x))
+    recipe = PRETRAIN_RECIPE
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                                nesterov=recipe["nesterov"], weight_decay=recipe["weight_decay"])
+    batch_size = min(recipe["batch_size"], len(x))
     generator = torch.Generator().manual_seed(args.pretrain_seed)
     start = time.perf_counter()
-    for _ in tqdm(range(args.epochs), desc="pre-training on the source task", disable=args.quiet, leave=False):
+    epochs = tqdm(range(args.epochs), desc="pre-training", disable=args.quiet, leave=False)
+    for _ in epochs:
         order = torch.randperm(len(x), generator=generator).to(device)
         for batch in order.split(batch_size):
             optimizer.zero_grad(set_to_none=True)
@@ -311,15 +323,18 @@ def _single_head_run(model: SmallCNN, loss=None) -> Run:
 
 
 def setup_finetune(task: TargetTask) -> Run:
+    """Source model with a new head; loss = CE."""
     return _single_head_run(_with_new_head(task.source, task.num_classes))
 
 
 def setup_scratch(task: TargetTask) -> Run:
-    return _single_head_run(
-        SmallCNN(task.x.shape[1], task.num_classes, task.source.head.in_features // 2).to(task.device))
+    """A freshly initialized SmallCNN of the same shape; loss = CE."""
+    width = task.source.head.in_features // 2
+    return _single_head_run(SmallCNN(task.x.shape[1], task.num_classes, width).to(task.device))
 
 
 def setup_l2sp(task: TargetTask) -> Run:
+    """L2-SP: loss = CE + w · ½ Σ ‖θ − θ⁰‖² over the parameters shared with the source."""
     SPRegularization = _library("SPRegularization")
     model = _with_new_head(task.source, task.num_classes)
     regularization = SPRegularization(task.source, model)
@@ -342,9 +357,12 @@ def _fit_head(task: TargetTask, steps: int = 100) -> SmallCNN:
 
 
 def setup_delta(task: TargetTask) -> Run:
+    """DELTA: loss = CE + w · attention-weighted distance between the target and source feature
+    maps of LAYERS (channel attention measured once on the target training set)."""
     AttentionReg, compute_attention, LayerGetter = _library(
         "AttentionBehavioralRegularization", "compute_channel_attention", "IntermediateLayerGetter")
-    attention = compute_attention(_fit_head(task), list(LAYERS), task.loader(), progress=task.progress)
+    attention = compute_attention(
+        _fit_head(task), list(LAYERS), task.loader(), progress=task.progress)
     regularization = AttentionReg(attention)
     model = _with_new_head(task.source, task.num_classes)
     source_maps = LayerGetter(task.source, list(LAYERS), keep_output=False)
@@ -360,6 +378,7 @@ def setup_delta(task: TargetTask) -> Run:
 
 
 def setup_bss(task: TargetTask) -> Run:
+    """BSS: loss = CE + w · (smallest singular value of the batch's pooled features)²."""
     BatchSpectralShrinkage = _library("BatchSpectralShrinkage")
     model = _with_new_head(task.source, task.num_classes)
     shrinkage = BatchSpectralShrinkage(k=1)
@@ -372,8 +391,10 @@ def setup_bss(task: TargetTask) -> Run:
 
 
 def setup_stochnorm(task: TargetTask) -> Run:
+    """StochNorm: every BatchNorm replaced by StochNorm (p = 0.5); loss = CE."""
     convert_model = _library("convert_model")
-    return _single_head_run(convert_model(_with_new_head(task.source, task.num_classes), STOCHNORM_P))
+    model = convert_model(_with_new_head(task.source, task.num_classes), STOCHNORM_P)
+    return _single_head_run(model)
 
 
 def _two_head_classifier(task: TargetTask, module: str):
@@ -383,7 +404,10 @@ def _two_head_classifier(task: TargetTask, module: str):
 
 
 def setup_co_tuning(task: TargetTask) -> Run:
-    CoTuningLoss, Relationship = _library("finetune.co_tuning.CoTuningLoss", "finetune.co_tuning.Relationship")
+    """Co-Tuning: loss = CE(y_t) + w · CE(y_s, p(y_s | y_t)), the relationship learned once from
+    the source head's predictions on the target training set."""
+    CoTuningLoss, Relationship = _library(
+        "finetune.co_tuning.CoTuningLoss", "finetune.co_tuning.Relationship")
     classifier = _two_head_classifier(task, "co_tuning")
     relationship = Relationship(task.loader(), classifier, task.device, progress=task.progress)
     co_tuning_loss = CoTuningLoss()
@@ -394,11 +418,14 @@ def setup_co_tuning(task: TargetTask) -> Run:
 
     return Run(classifier, loss)
 
+
 def setup_lwf(task: TargetTask) -> Run:
-    LwFLoss, collect_pretrain_labels = _library("finetune.lwf.LwFLoss", "finetune.lwf.collect_pretrain_labels")
+    """LwF: loss = CE(y_t) + w · T²·KL(recorded source-head predictions ‖ current ones)."""
+    LwFLoss, collect_pretrain_labels = _library(
+        "finetune.lwf.LwFLoss", "finetune.lwf.collect_pretrain_labels")
     classifier = _two_head_classifier(task, "lwf")
-    recorded = collect_pretrain_labels(task.loader(), classifier, task.device, progress=task.progress)
-    recorded = recorded.to(task.device)
+    recorded = collect_pretrain_labels(
+        task.loader(), classifier, task.device, progress=task.progress).to(task.device)
     distillation = LwFLoss(LWF_TEMPERATURE)
 
     def loss(x, y, idx):
@@ -407,6 +434,9 @@ def setup_lwf(task: TargetTask) -> Run:
 
     return Run(classifier, loss)
 
+
+# Each set-up builds the model to train and its loss from the frozen source model; what it computes
+# once (attention, relationship, recorded predictions) counts as the method's set-up time.
 SETUPS: dict[str, Callable[[TargetTask], Run]] = {
     "finetune": setup_finetune,
     "l2sp": setup_l2sp,
@@ -429,11 +459,13 @@ def _synchronize(device: torch.device) -> None:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     model.eval()
-    correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    batches = zip(x.split(batch_size), y.split(batch_size))
+    correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in batches)
     return correct / len(y)
 
 
-def run_method(method: str, task: TargetTask, test: tuple[torch.Tensor, torch.Tensor], args, seed: int) -> dict:
+def run_method(method: str, task: TargetTask, test: tuple[torch.Tensor, torch.Tensor], args,
+               seed: int) -> dict:
     """Set up ``method``, train it ``args.steps`` steps of SGD with momentum, test it.
 
     Returns the test accuracy, the run's wall time, its set-up part (attention, relationship,
@@ -448,8 +480,9 @@ def run_method(method: str, task: TargetTask, test: tuple[torch.Tensor, torch.Te
     _synchronize(task.device)
     train_start = time.perf_counter()
     run.model.train()
-    # Step cost: on CPU the calling thread's CPU time, which other processes sharing the cores
-    # barely disturb; on CUDA the wall time up to the kernels' completion.
+    # Step cost: on CPU the calling thread's CPU time (all of the step's work with --threads 1),
+    # which other processes sharing the cores barely disturb; on CUDA the wall time up to the
+    # kernels' completion.
     step_clock = time.thread_time if task.device.type == "cpu" else time.perf_counter
     step_seconds = []
     for _ in tqdm(range(args.steps), desc=f"{method} seed {seed}", disable=args.quiet, leave=False):
@@ -489,13 +522,17 @@ def _summary(method: str, runs: list[dict], seeds: list[int]) -> dict:
 
 # --------------------------------------------------------------------------------------- output
 def format_table(summaries: list[dict]) -> str:
-    header = f"{'method':<10} {'target acc (mean ± std)':>24} {'time/run s':>11} {'set-up s':>9} {'ms/step':>8} {'overhead ms/step':>17}"
+    header = (f"{'method':<10} {'target acc (mean ± std)':>24} {'time/run s':>11} "
+              f"{'set-up s':>9} {'ms/step':>8} {'overhead ms/step':>17}")
     lines = [header, "-" * len(header)]
     for s in summaries:
-        overhead = "n/a" if s["overhead_ms_per_step"] is None else f"{s['overhead_ms_per_step']:+.2f}"
+        overhead = s["overhead_ms_per_step"]
+        overhead = "n/a" if overhead is None else f"{overhead:+.2f}"
         lines.append(
-            f"{s['method']:<10} {s['accuracy_mean'] * 100:>15.1f} ± {s['accuracy_std'] * 100:4.1f} % "
-            f"{s['seconds_mean']:>11.2f} {s['setup_seconds_mean']:>9.2f} {s['ms_per_step']:>8.2f} {overhead:>17}"
+            f"{s['method']:<10} {100 * s['accuracy_mean']:>15.1f} ± "
+            f"{100 * s['accuracy_std']:4.1f} % "
+            f"{s['seconds_mean']:>11.2f} {s['setup_seconds_mean']:>9.2f} {s['ms_per_step']:>8.2f} "
+            f"{overhead:>17}"
         )
     return "\n".join(lines)
 
@@ -530,7 +567,8 @@ def _plot(summaries: list[dict], meta: dict, path: Path) -> None:
     left.set_ylim(bottom=100 * meta["chance_accuracy"])
     left.set_ylabel("target test accuracy (%) (axis from chance)")
     left.set_title(f"{meta['shots']} shots per class, {len(meta['seeds'])} seeds (mean ± std)")
-    right.bar_label(right.bar(positions, [s["ms_per_step"] for s in summaries], color="tab:orange"), fmt="%.2f")
+    bars = right.bar(positions, [s["ms_per_step"] for s in summaries], color="tab:orange")
+    right.bar_label(bars, fmt="%.2f")
     right.set_ylabel("ms per training step")
     right.set_title(f"training cost ({meta['device']})")
     for axis in (left, right):
@@ -560,25 +598,36 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options, added to ``parser``."""
     parser.add_argument("--data", default=None, metavar="PATH",
-                        help="an .npz (arrays x (N,H,W) or (N,C,H,W), y (N,)) or a folder of class "
-                             "sub-folders of images; the first half of the sorted classes is the source "
-                             "task, the rest the target task (default: scikit-learn's digits, 0-4 -> 5-9)")
+                        help="an .npz (arrays x (N,H,W) or (N,C,H,W), y (N,)) or a folder of "
+                             "class sub-folders of images; the first half of the sorted classes is "
+                             "the source task, the rest the target task (default: scikit-learn's "
+                             "digits, 0-4 -> 5-9)")
     parser.add_argument("--image-size", type=_positive_int, default=16,
                         help="side to which folder images are resized (grayscale); default 16")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD",
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        metavar="METHOD",
                         help=f"methods to compare, among {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--shots", type=_positive_int, default=10, help="labelled samples per target class")
+    parser.add_argument("--shots", type=_positive_int, default=10,
+                        help="labelled training samples per target class (default 10)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the target split and of fine-tuning (default 0 1 2)")
-    parser.add_argument("--steps", type=_positive_int, default=200, help="fine-tuning steps per run")
-    parser.add_argument("--epochs", type=_positive_int, default=10, help="source pre-training epochs")
-    parser.add_argument("--lr", type=_positive_float, default=0.05, help="fine-tuning learning rate (SGD, every layer)")
+    parser.add_argument("--steps", type=_positive_int, default=200,
+                        help="fine-tuning steps per run (default 200)")
+    parser.add_argument("--epochs", type=_positive_int, default=10,
+                        help="source pre-training epochs (default 10)")
+    parser.add_argument("--lr", type=_positive_float, default=0.05,
+                        help="fine-tuning learning rate of SGD, every layer (default 0.05)")
     parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--width", type=_positive_int, default=32, help="channels of the first conv block")
+    parser.add_argument("--width", type=_positive_int, default=32,
+                        help="channels of the first conv block (default 32)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="CPU threads of torch (default 1: the demo's tensors are too small to "
+                             "gain from more, and one thread makes ms/step a clean CPU-time measure)")
     parser.add_argument("--out", default="demo_out", help="folder for results.json/.csv/.png")
-    parser.add_argument("--cache-dir", default=str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "tltorch_ext"),
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"))
+    parser.add_argument("--cache-dir", default=str(cache_home / "tltorch_ext"),
                         help="where the pre-trained source model is cached")
     parser.add_argument("--no-cache", action="store_true", help="pre-train again, write no cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -586,11 +635,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the comparison; returns the process exit status (2 on bad input)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         return _run(args)
     except DemoError as error:
         print(f"tltorch-ext demo: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _note(args, message: str) -> None:
@@ -603,32 +656,34 @@ def _run(args) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DemoError("--device cuda asked for, but torch sees no CUDA device")
-    methods = list(dict.fromkeys(args.methods))
     seeds = list(dict.fromkeys(args.seeds))
     data = load_data(args.data, args.image_size)
-    source_x, _ = data.task(data.source_classes)
+    source_x, source_y = data.task(data.source_classes)
     target_x, target_y = data.task(data.target_classes)
-    _note(args, f"data: {data.description}; source classes {[data.class_names[c] for c in data.source_classes]} "
-                f"({len(source_x)} samples), target classes {[data.class_names[c] for c in data.target_classes]} "
-                f"({len(target_x)} samples, {args.shots} shots per class to train)")
-    splits = {seed: few_shot_split(target_y, args.shots, seed) for seed in seeds}  # checks before training
+    names = [[data.class_names[c] for c in classes]
+             for classes in (data.source_classes, data.target_classes)]
+    _note(args, f"data: {data.description}; source classes {names[0]} ({len(source_x)} samples), "
+                f"target classes {names[1]} ({len(target_x)} samples, {args.shots} per class "
+                "to train, the rest to test)")
+    splits = {seed: few_shot_split(target_y, args.shots, seed) for seed in seeds}  # before training
     source, note = pretrain_source(data, args, device)
-    _note(args, f"source model: {note}; source train accuracy "
-                f"{100 * accuracy(source, source_x.to(device), data.task(data.source_classes)[1].to(device)):.1f} %")
+    source_accuracy = accuracy(source, source_x.to(device), source_y.to(device))
+    _note(args, f"source model: {note}; source train accuracy {100 * source_accuracy:.1f} %")
     for parameter in source.parameters():
         parameter.requires_grad_(False)
 
-    # The first optimizer built imports torch._dynamo (about a second): not part of any method's cost.
+    # The first optimizer built imports torch._dynamo (about a second): no method's cost.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     summaries, unavailable = [], {}
-    for method in tqdm(methods, desc="methods", disable=args.quiet):
+    for method in tqdm(list(dict.fromkeys(args.methods)), desc="methods", disable=args.quiet):
         runs = []
         try:
             for seed in seeds:
                 train, test = splits[seed]
                 task = TargetTask(source, target_x[train].to(device), target_y[train].to(device),
                                   len(data.target_classes), device, progress=not args.quiet)
-                runs.append(run_method(method, task, (target_x[test].to(device), target_y[test].to(device)), args, seed))
+                test_set = (target_x[test].to(device), target_y[test].to(device))
+                runs.append(run_method(method, task, test_set, args, seed))
         except MethodUnavailable as reason:
             unavailable[method] = str(reason)
             print(f"method {method} unavailable: {reason}", file=sys.stderr, flush=True)
@@ -636,20 +691,23 @@ def _run(args) -> int:
         summaries.append(_summary(method, runs, seeds))
 
     baseline = next((s for s in summaries if s["method"] == "finetune"), None)
-    for s in summaries:
-        if baseline is not None:
+    if baseline is not None:
+        for s in summaries:
             s["overhead_ms_per_step"] = s["ms_per_step"] - baseline["ms_per_step"]
     total = time.perf_counter() - total_start
     meta = {
-        "data": data.description, "device": str(device), "shots": args.shots, "seeds": seeds,
-        "steps": args.steps, "pretrain_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(), "backends": available_backends(device), "unavailable": unavailable, "total_seconds": total,
-        "chance_accuracy": 1 / len(data.target_classes),
+        "data": data.description, "source_classes": names[0], "target_classes": names[1],
+        "device": str(device), "shots": args.shots, "seeds": seeds, "steps": args.steps,
+        "pretrain_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(), "backends": available_backends(device),
+        "chance_accuracy": 1 / len(data.target_classes), "source_train_accuracy": source_accuracy,
+        "unavailable": unavailable, "total_seconds": total,
     }
     print(format_table(summaries))
     for method, reason in unavailable.items():
         print(f"skipped {method}: {reason}")
-    if summaries:
-        paths = write_outputs(summaries, meta, Path(args.out))
-        print(f"total {total:.1f} s; wrote {', '.join(str(p) for p in paths)}")
-    return 0 if summaries else 1
+    if not summaries:
+        return 1
+    paths = write_outputs(summaries, meta, Path(args.out))
+    print(f"total {total:.1f} s; wrote {', '.join(str(p) for p in paths)}")
+    return 0
