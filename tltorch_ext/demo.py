@@ -653,7 +653,10 @@ def _note(args, message: str) -> None:
 
 def _run(args) -> int:
     total_start = time.perf_counter()
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise DemoError(f"--device {args.device!r} is not a torch device ({error})") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DemoError("--device cuda asked for, but torch sees no CUDA device")
     seeds = list(dict.fromkeys(args.seeds))
@@ -703,10 +706,12 @@ def _run(args) -> int:
         "chance_accuracy": 1 / len(data.target_classes), "source_train_accuracy": source_accuracy,
         "unavailable": unavailable, "total_seconds": total,
     }
-    print(format_table(summaries))
+    if summaries:
+        print(format_table(summaries))
     for method, reason in unavailable.items():
         print(f"skipped {method}: {reason}")
     if not summaries:
+        print("no method could run: nothing written")
         return 1
     paths = write_outputs(summaries, meta, Path(args.out))
     print(f"total {total:.1f} s; wrote {', '.join(str(p) for p in paths)}")
