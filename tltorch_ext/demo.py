@@ -20,6 +20,7 @@ import argparse
 import copy
 import csv
 import hashlib
+import importlib
 import json
 import os
 import statistics
@@ -279,8 +280,6 @@ def pretrain_source(data: TransferData, args, device: torch.device) -> tuple[Sma
 # -------------------------------------------------------------------------------------- methods
 def _library(*names: str):
     """Library names (dotted below ``tltorch_ext``), or MethodUnavailable naming what is missing."""
-    import importlib  # noqa: PLC0415
-
     found = []
     for name in names:
         module_name, _, attribute = ("tltorch_ext." + name).rpartition(".")
@@ -458,6 +457,7 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Fraction of the samples whose largest logit is at their label (the model in eval mode)."""
     model.eval()
     batches = zip(x.split(batch_size), y.split(batch_size))
     correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in batches)
