@@ -3,6 +3,16 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace tltorch_ext;
+  m.def("stoch_norm_forward_cpu", &stoch_norm_forward_cpu,
+        "StochNorm forward on CPU: (y, save_mean, save_invstd, batch_mean, batch_var)");
+  m.def("stoch_norm_backward_cpu", &stoch_norm_backward_cpu,
+        "StochNorm backward on CPU: (grad_x, grad_weight, grad_bias)");
+#ifdef WITH_CUDA
+  m.def("stoch_norm_forward_cuda", &stoch_norm_forward_cuda,
+        "StochNorm forward on CUDA: (y, save_mean, save_invstd, batch_mean, batch_var)");
+  m.def("stoch_norm_backward_cuda", &stoch_norm_backward_cuda,
+        "StochNorm backward on CUDA: (grad_x, grad_weight, grad_bias)");
+#endif
 #ifdef WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

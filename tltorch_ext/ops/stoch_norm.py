@@ -61,7 +61,10 @@ def _(grad_y, x, weight, mask, save_mean, save_invstd):
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, _running_mean, _running_var, mask, _eps = inputs
-    _y, save_mean, save_invstd, _batch_mean, _batch_var = output
+    _y, save_mean, save_invstd, batch_mean, batch_var = output
+    # Gradients flow through y only: the statistics are outputs for the running update and for
+    # backward, not differentiable functions of x here.
+    ctx.mark_non_differentiable(save_mean, save_invstd, batch_mean, batch_var)
     ctx.save_for_backward(x, weight, mask, save_mean, save_invstd)
     ctx.has_bias = bias is not None
 

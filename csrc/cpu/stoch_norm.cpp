@@ -1,0 +1,405 @@
+// StochNorm on CPU (SPEC §1.1); same functions and results as tltorch_ext/reference/stoch_norm.py.
+//
+// x is viewed as (N, C, S) (see StochNormLayout in ops.h). Forward: one statistics pass (count,
+// mean and M2 = Σ(x − mean)² per channel) and one write pass y = (x − μ_c)·scale_c + β_c with the
+// batch or running statistics chosen per channel by the mask. Backward: one pass for Σdy and
+// Σdy·(x − μ_c) per channel and one write pass dx = k_dy·dy + k_xmu·(x − μ_c) + k_c.
+// Contiguous inputs are parallel over channels (each channel is N runs of S values); channels_last
+// inputs are parallel over blocks of rows (one row = C channel values) with per-thread partials
+// combined at the end. Accumulation is in float32 (float64 for double inputs).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "ops.h"
+
+namespace tltorch_ext {
+namespace {
+
+// Values per statistics chunk: the chunk is read twice (sum, then centred squares), the second time
+// from L1 (16 KiB in float32).
+constexpr int64_t kChunk = 4096;
+// Values per parallel task at least, so that small tensors are not split into many tiny tasks.
+constexpr int64_t kGrainValues = 1 << 15;
+
+int64_t grain_for(int64_t values_per_item) {
+  return std::max<int64_t>(1, kGrainValues / std::max<int64_t>(values_per_item, 1));
+}
+
+// Moments of a set of values: count, mean and M2 = Σ(v − mean)². Two sets merge exactly (Chan et
+// al.): the means average by count, and M2 gains δ²·n_a·n_b/(n_a + n_b), δ the difference of
+// the means. Merging moments of cache-sized chunks keeps the one pass over memory while avoiding
+// the cancellation of Σv² − (Σv)²/n.
+template <typename acc_t>
+struct Moments {
+  acc_t count = 0, mean = 0, m2 = 0;
+
+  void merge(acc_t count_b, acc_t mean_b, acc_t m2_b) {
+    const acc_t total = count + count_b;
+    if (total == 0) return;
+    const acc_t delta = mean_b - mean;
+    const acc_t weight_b = count_b / total;
+    mean += delta * weight_b;
+    m2 += m2_b + delta * delta * count * weight_b;
+    count = total;
+  }
+};
+
+// (Σ_i a(i), Σ_i b(i)) over i < n, kept in kLanes independent partial sums each: the fixed-size
+// inner loop vectorizes, and the adds of different lanes overlap instead of waiting on one
+// running sum's latency (which would bound a plain reduction loop to a fraction of bandwidth).
+template <typename acc_t, typename A, typename B>
+std::pair<acc_t, acc_t> lane_sums(int64_t n, const A& a, const B& b) {
+  constexpr int kLanes = 128 / sizeof(acc_t);
+  acc_t lanes_a[kLanes] = {}, lanes_b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      lanes_a[j] += a(i + j);
+      lanes_b[j] += b(i + j);
+    }
+  }
+  acc_t sum_a = 0, sum_b = 0;
+  for (; i < n; ++i) {
+    sum_a += a(i);
+    sum_b += b(i);
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    sum_a += lanes_a[j];
+    sum_b += lanes_b[j];
+  }
+  return {sum_a, sum_b};
+}
+
+template <typename acc_t, typename A>
+acc_t lane_sum(int64_t n, const A& a) {
+  return lane_sums<acc_t>(n, a, [](int64_t) { return acc_t(0); }).first;
+}
+
+// Moments of n contiguous values (n ≥ 1), by a sum pass then a centred pass over the same
+// (cached) values.
+template <typename scalar_t, typename acc_t>
+void merge_run(Moments<acc_t>& moments, const scalar_t* v, int64_t n) {
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t len = std::min(kChunk, n - start);
+    const scalar_t* p = v + start;
+    const acc_t mean =
+        lane_sum<acc_t>(len, [p](int64_t i) { return static_cast<acc_t>(p[i]); }) /
+        static_cast<acc_t>(len);
+    const acc_t m2 = lane_sum<acc_t>(len, [p, mean](int64_t i) {
+      const acc_t d = static_cast<acc_t>(p[i]) - mean;
+      return d * d;
+    });
+    moments.merge(static_cast<acc_t>(len), mean, m2);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics: per-channel (mean, biased variance) of x.
+
+template <typename scalar_t, typename acc_t>
+void batch_stats_channels_first(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
+                                acc_t* var) {
+  at::parallel_for(0, l.c, grain_for(l.n * l.s), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      Moments<acc_t> moments;
+      for (int64_t n = 0; n < l.n; ++n) merge_run(moments, x + (n * l.c + c) * l.s, l.s);
+      mean[c] = moments.mean;
+      var[c] = moments.m2 / moments.count;
+    }
+  });
+}
+
+// Splits `rows` rows into at most one part per thread; calls part_fn(part, row_begin, row_end) in
+// parallel and returns the number of parts (each writes its own partials, combined serially after).
+template <typename F>
+int64_t for_each_row_part(int64_t rows, int64_t row_values, const F& part_fn) {
+  const int64_t parts =
+      std::clamp<int64_t>(rows / grain_for(row_values), 1, at::get_num_threads());
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part)
+      part_fn(part, rows * part / parts, rows * (part + 1) / parts);
+  });
+  return parts;
+}
+
+template <typename scalar_t, typename acc_t>
+void batch_stats_channels_last(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
+                               acc_t* var) {
+  const int64_t C = l.c, rows = l.n * l.s;
+  // Rows per block: the block is read twice like a chunk above, so it should stay in cache.
+  const int64_t block_rows = std::clamp<int64_t>(kChunk / C, 4, 256);
+  // Per part: count, then mean[C] and m2[C]; the block's sums use a scratch row of C.
+  const int64_t stride = 1 + 3 * C;
+  std::vector<acc_t> partials(static_cast<size_t>(at::get_num_threads()) * stride, acc_t(0));
+  const int64_t parts = for_each_row_part(rows, C, [&](int64_t part, int64_t r0, int64_t r1) {
+    acc_t* slot = partials.data() + part * stride;
+    acc_t& count = slot[0];
+    acc_t* part_mean = slot + 1;
+    acc_t* part_m2 = part_mean + C;
+    acc_t* block_mean = part_m2 + C;
+    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+      const int64_t b1 = std::min(r1, b0 + block_rows);
+      const acc_t len = static_cast<acc_t>(b1 - b0);
+      std::fill(block_mean, block_mean + C, acc_t(0));
+      for (int64_t r = b0; r < b1; ++r) {
+        const scalar_t* row = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]);
+      }
+      const acc_t total = count + len, weight_b = len / total;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) block_mean[c] /= len;
+      // Centred squares of the block, merged into the part's moments (Chan, as in Moments).
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t delta = block_mean[c] - part_mean[c];
+        part_m2[c] += delta * delta * count * weight_b;
+        part_mean[c] += delta * weight_b;
+      }
+      for (int64_t r = b0; r < b1; ++r) {
+        const scalar_t* row = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = static_cast<acc_t>(row[c]) - block_mean[c];
+          part_m2[c] += d * d;
+        }
+      }
+      count = total;
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    Moments<acc_t> moments;
+    for (int64_t part = 0; part < parts; ++part) {
+      const acc_t* slot = partials.data() + part * stride;
+      moments.merge(slot[0], slot[1 + c], slot[1 + C + c]);
+    }
+    mean[c] = moments.mean;
+    var[c] = moments.m2 / moments.count;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write pass shared by forward and backward:
+//   out = k_xmu[c]·(x − μ[c]) + k_const[c]  (+ k_dy[c]·dy when HAS_DY).
+
+template <typename acc_t>
+struct ChannelCoefficients {
+  const acc_t* mean;
+  const acc_t* k_xmu;
+  const acc_t* k_const;
+  const acc_t* k_dy;  // read only when HAS_DY
+};
+
+template <bool HAS_DY, typename scalar_t, typename acc_t>
+void affine_write(const scalar_t* x, const scalar_t* dy, scalar_t* out, const StochNormLayout& l,
+                  const ChannelCoefficients<acc_t>& k) {
+  const int64_t C = l.c;
+  if (!l.channels_last) {
+    // One item = the S values of one (n, c) pair.
+    at::parallel_for(0, l.n * C, grain_for(l.s), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t c = item % C, offset = item * l.s;
+        const acc_t m = k.mean[c], a = k.k_xmu[c], b = k.k_const[c];
+        const acc_t g = HAS_DY ? k.k_dy[c] : acc_t(0);
+        const scalar_t* xp = x + offset;
+        scalar_t* op = out + offset;
+        if constexpr (HAS_DY) {
+          const scalar_t* gp = dy + offset;
+#pragma omp simd
+          for (int64_t i = 0; i < l.s; ++i)
+            op[i] = static_cast<scalar_t>(g * static_cast<acc_t>(gp[i]) +
+                                          a * (static_cast<acc_t>(xp[i]) - m) + b);
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < l.s; ++i)
+            op[i] = static_cast<scalar_t>(a * (static_cast<acc_t>(xp[i]) - m) + b);
+        }
+      }
+    });
+    return;
+  }
+  // One item = one row of C channel values.
+  at::parallel_for(0, l.n * l.s, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xp = x + r * C;
+      scalar_t* op = out + r * C;
+      if constexpr (HAS_DY) {
+        const scalar_t* gp = dy + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          op[c] = static_cast<scalar_t>(k.k_dy[c] * static_cast<acc_t>(gp[c]) +
+                                        k.k_xmu[c] * (static_cast<acc_t>(xp[c]) - k.mean[c]) +
+                                        k.k_const[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          op[c] = static_cast<scalar_t>(k.k_xmu[c] * (static_cast<acc_t>(xp[c]) - k.mean[c]) +
+                                        k.k_const[c]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward reduction: Σdy and Σdy·(x − μ_c) per channel.
+
+template <typename scalar_t, typename acc_t>
+void grad_sums_channels_first(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
+                              const StochNormLayout& l, acc_t* sum_dy, acc_t* sum_dy_xmu) {
+  at::parallel_for(0, l.c, grain_for(l.n * l.s), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const acc_t m = mean[c];
+      acc_t total_dy = 0, total_dy_xmu = 0;
+      for (int64_t n = 0; n < l.n; ++n) {
+        const int64_t offset = (n * l.c + c) * l.s;
+        const scalar_t* gp = dy + offset;
+        const scalar_t* xp = x + offset;
+        // Summed per run, then added to the totals: pairwise-like accuracy in float32.
+        const auto [run_dy, run_dy_xmu] = lane_sums<acc_t>(
+            l.s, [gp](int64_t i) { return static_cast<acc_t>(gp[i]); },
+            [gp, xp, m](int64_t i) {
+              return static_cast<acc_t>(gp[i]) * (static_cast<acc_t>(xp[i]) - m);
+            });
+        total_dy += run_dy;
+        total_dy_xmu += run_dy_xmu;
+      }
+      sum_dy[c] = total_dy;
+      sum_dy_xmu[c] = total_dy_xmu;
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_sums_channels_last(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
+                             const StochNormLayout& l, acc_t* sum_dy, acc_t* sum_dy_xmu) {
+  const int64_t C = l.c;
+  const int64_t block_rows = std::clamp<int64_t>(kChunk / C, 4, 256);
+  // Per part: totals[2C], then block sums[2C] (flushed into the totals every block_rows rows).
+  const int64_t stride = 4 * C;
+  std::vector<acc_t> partials(static_cast<size_t>(at::get_num_threads()) * stride, acc_t(0));
+  const int64_t parts = for_each_row_part(l.n * l.s, C, [&](int64_t part, int64_t r0, int64_t r1) {
+    acc_t* total = partials.data() + part * stride;
+    acc_t* block = total + 2 * C;
+    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+      std::fill(block, block + 2 * C, acc_t(0));
+      for (int64_t r = b0; r < std::min(r1, b0 + block_rows); ++r) {
+        const scalar_t* gp = dy + r * C;
+        const scalar_t* xp = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t g = static_cast<acc_t>(gp[c]);
+          block[c] += g;
+          block[C + c] += g * (static_cast<acc_t>(xp[c]) - mean[c]);
+        }
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < 2 * C; ++i) total[i] += block[i];
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t a = 0, b = 0;
+    for (int64_t part = 0; part < parts; ++part) {
+      a += partials[part * stride + c];
+      b += partials[part * stride + C + c];
+    }
+    sum_dy[c] = a;
+    sum_dy_xmu[c] = b;
+  }
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "stoch_norm_*_cpu: ", name, " must be a CPU tensor, got ",
+              t.device());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stoch_norm_forward_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const at::Tensor& mask, double eps) {
+  check_cpu(x, "x");
+  const StochNormForwardArgs a(x, weight, bias, running_mean, running_var, mask);
+  const StochNormLayout& layout = a.layout;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
+                                  "stoch_norm_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = a.input.data_ptr<scalar_t>();
+    acc_t* mean = a.batch_mean.data_ptr<acc_t>();
+    acc_t* var = a.batch_var.data_ptr<acc_t>();
+    if (layout.channels_last) {
+      batch_stats_channels_last(xp, layout, mean, var);
+    } else {
+      batch_stats_channels_first(xp, layout, mean, var);
+    }
+    // Per channel: batch or running statistics by the mask, then y = (x − μ)·γ·invstd + β.
+    const bool* s = a.mask.data_ptr<bool>();
+    const acc_t *wp = data_or_null<acc_t>(a.weight), *bp = data_or_null<acc_t>(a.bias);
+    const acc_t* rmp = a.running_mean.data_ptr<acc_t>();
+    const acc_t* rvp = a.running_var.data_ptr<acc_t>();
+    acc_t* sm = a.save_mean.data_ptr<acc_t>();
+    acc_t* si = a.save_invstd.data_ptr<acc_t>();
+    std::vector<acc_t> scale(layout.c), shift(layout.c);
+    for (int64_t c = 0; c < layout.c; ++c) {
+      sm[c] = s[c] ? mean[c] : rmp[c];
+      si[c] = acc_t(1) / std::sqrt((s[c] ? var[c] : rvp[c]) + static_cast<acc_t>(eps));
+      scale[c] = wp ? si[c] * wp[c] : si[c];
+      shift[c] = bp ? bp[c] : acc_t(0);
+    }
+    const ChannelCoefficients<acc_t> coefficients{sm, scale.data(), shift.data(), nullptr};
+    affine_write<false>(xp, static_cast<const scalar_t*>(nullptr), a.y.data_ptr<scalar_t>(),
+                        layout, coefficients);
+  });
+  return a.outputs();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const at::Tensor& mask, const at::Tensor& save_mean, const at::Tensor& save_invstd) {
+  check_cpu(x, "x");
+  const StochNormBackwardArgs a(grad_y, x, weight, mask, save_mean, save_invstd);
+  const StochNormLayout& layout = a.layout;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
+                                  "stoch_norm_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = a.input.data_ptr<scalar_t>();
+    const scalar_t* gp = a.grad_y.data_ptr<scalar_t>();
+    const acc_t* mp = a.save_mean.data_ptr<acc_t>();
+    const acc_t* ip = a.save_invstd.data_ptr<acc_t>();
+    acc_t* sum_dy = a.grad_bias.data_ptr<acc_t>();
+    acc_t* sum_dy_xhat = a.grad_weight.data_ptr<acc_t>();
+    if (layout.channels_last) {
+      grad_sums_channels_last(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
+    } else {
+      grad_sums_channels_first(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
+    }
+    // dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n), x̂ = (x − μ)·invstd, s the mask.
+    const bool* s = a.mask.data_ptr<bool>();
+    const acc_t* wp = data_or_null<acc_t>(a.weight);
+    const acc_t count = static_cast<acc_t>(layout.n * layout.s);
+    std::vector<acc_t> k_dy(layout.c), k_xmu(layout.c), k_const(layout.c);
+    for (int64_t c = 0; c < layout.c; ++c) {
+      sum_dy_xhat[c] *= ip[c];  // Σdy·(x − μ) → Σdy·x̂
+      const acc_t gamma_invstd = (wp ? wp[c] : acc_t(1)) * ip[c];
+      const acc_t per_value = s[c] ? gamma_invstd / count : acc_t(0);
+      k_dy[c] = gamma_invstd;
+      k_xmu[c] = -per_value * ip[c] * sum_dy_xhat[c];
+      k_const[c] = -per_value * sum_dy[c];
+    }
+    const ChannelCoefficients<acc_t> coefficients{mp, k_xmu.data(), k_const.data(), k_dy.data()};
+    affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout, coefficients);
+  });
+  return a.outputs();
+}
+
+}  // namespace tltorch_ext
