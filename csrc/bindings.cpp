@@ -13,6 +13,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stoch_norm_backward_cuda", &stoch_norm_backward_cuda,
         "StochNorm backward on CUDA: (grad_x, grad_weight, grad_bias)");
 #endif
+  m.def("bss_forward_cpu", &bss_forward_cpu, "BSS forward on CPU: (penalty, vectors)");
+  m.def("bss_backward_cpu", &bss_backward_cpu, "BSS backward on CPU: grad_feature");
+#ifdef WITH_CUDA
+  m.def("bss_forward_cuda", &bss_forward_cuda, "BSS forward on CUDA: (penalty, vectors)");
+  m.def("bss_backward_cuda", &bss_backward_cuda, "BSS backward on CUDA: grad_feature");
+#endif
 #ifdef WITH_CUDA
   m.attr("WITH_CUDA") = true;
 #else

@@ -1,11 +1,12 @@
 // The only CUDA file that includes torch: checks tensors, takes the current stream, and calls the
 // torch-free launchers declared in the .cuh headers beside it.
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAException.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
+#include "bss.cuh"
 #include "ops.h"
 #include "stoch_norm.cuh"
 
@@ -95,5 +96,85 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cuda(
   });
   return a.outputs();
 }
+
+// ---- BSS -------------------------------------------------------------------------------------
+namespace {
+
+bss::DType bss_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return bss::DType::kFloat32;
+    case at::kDouble: return bss::DType::kFloat64;
+    case at::kHalf: return bss::DType::kFloat16;
+    case at::kBFloat16: return bss::DType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK(false, "bss: unsupported dtype ", t);
+}
+
+// The Gram side A of a contiguous (n, b, d) feature: F (m = b) when b <= d, else Fᵀ (m = d).
+struct BssSide {
+  int64_t m, length;
+  bss::Strided a;
+};
+
+BssSide bss_side(const at::Tensor& feature) {
+  const int64_t b = feature.size(1), d = feature.size(2);
+  if (b <= d) return {b, d, {b * d, d, 1}};
+  return {d, b, {b * d, 1, d}};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> bss_forward_cuda(const at::Tensor& feature_, int64_t k) {
+  bss_check_forward(feature_, k);
+  TORCH_CHECK(feature_.is_cuda(), "bss_forward_cuda: feature must be a CUDA tensor, got ",
+              feature_.device());
+  const c10::cuda::CUDAGuard guard(feature_.device());
+  const at::Tensor feature = feature_.contiguous();
+  const BssSide side = bss_side(feature);
+  const int64_t batch = feature.size(0);
+  const at::ScalarType dtype = feature.scalar_type(), acc = at::toOpMathType(dtype);
+  const auto float64 = feature.options().dtype(at::kDouble);
+  at::Tensor penalty = at::empty({batch}, feature.options());
+  at::Tensor vectors = at::empty({batch, side.m, k}, feature.options().dtype(acc));
+  if (batch == 0) return {penalty, vectors};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor gram = at::empty({batch, side.m, side.m}, float64);
+  C10_CUDA_CHECK(bss::launch_gram(feature.const_data_ptr(), bss_dtype(dtype), side.a, batch, side.m,
+                                  side.length, gram.mutable_data_ptr<double>(), stream));
+  if (side.m > bss::kMaxJacobi) return bss_smallest_by_eigh(gram, k, dtype, acc);
+  bool in_shared = false;
+  C10_CUDA_CHECK(bss::jacobi_packs_in_shared(side.m, &in_shared));
+  at::Tensor log = at::empty({batch, bss::jacobi_log_elements(side.m)}, float64);
+  at::Tensor packed =
+      in_shared ? at::Tensor() : at::empty({batch, bss::jacobi_packed_elements(side.m)}, float64);
+  C10_CUDA_CHECK(bss::launch_jacobi(
+      gram.const_data_ptr<double>(), batch, side.m, k, log.mutable_data_ptr<double>(),
+      in_shared ? nullptr : packed.mutable_data_ptr<double>(), penalty.mutable_data_ptr(),
+      bss_dtype(dtype), vectors.mutable_data_ptr(), bss_dtype(acc), stream));
+  return {penalty, vectors};
+}
+
+at::Tensor bss_backward_cuda(const at::Tensor& grad_penalty, const at::Tensor& feature_,
+                             const at::Tensor& vectors_) {
+  bss_check_backward(grad_penalty, feature_, vectors_);
+  TORCH_CHECK(feature_.is_cuda(), "bss_backward_cuda: feature must be a CUDA tensor, got ",
+              feature_.device());
+  const c10::cuda::CUDAGuard guard(feature_.device());
+  const at::Tensor feature = feature_.contiguous();
+  const at::Tensor vectors = vectors_.contiguous();
+  const BssSide side = bss_side(feature);
+  const int64_t batch = feature.size(0), k = vectors.size(2);
+  at::Tensor grad = at::empty_like(feature);
+  if (grad.numel() == 0) return grad;
+  const at::Tensor scale = (grad_penalty * 2).to(vectors.scalar_type()).contiguous();
+  at::Tensor workspace = at::empty({batch, k, side.length}, vectors.options());
+  C10_CUDA_CHECK(bss::launch_backward(
+      feature.const_data_ptr(), bss_dtype(feature.scalar_type()), side.a, batch, side.m,
+      side.length, vectors.const_data_ptr(), k, scale.const_data_ptr(),
+      workspace.mutable_data_ptr(), grad.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return grad;
+}
+// ---- end BSS ---------------------------------------------------------------------------------
 
 }  // namespace tltorch_ext

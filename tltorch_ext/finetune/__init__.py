@@ -6,6 +6,7 @@ The three ``Classifier`` variants are reached through their modules: ``lwf.Class
 """
 from . import bi_tuning, co_tuning, lwf, strategies
 from .bi_tuning import BiTuning, Bituning
+from .bss import BatchSpectralShrinkage
 from .co_tuning import CoTuningLoss, Relationship
 from .layer_getter import IntermediateLayerGetter
 from .lwf import LwFLoss, collect_pretrain_labels
@@ -35,6 +36,8 @@ __all__ = [
     "StochNorm3d",
     "SyncStochNorm",
     "convert_model",
+    # BSS (SPEC §1.4)
+    "BatchSpectralShrinkage",
     # regularizers (SPEC §2)
     "L2Regularization",
     "SPRegularization",
