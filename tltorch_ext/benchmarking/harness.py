@@ -10,11 +10,14 @@ and reports the speedup over the case's baseline and, given bytes or flops, the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -119,13 +122,27 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     # On CPU, replay the profiler's per-op allocations and frees in time order.
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak / 2**20
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The profiler's native layer logs every start and stop to file descriptor 2: mute it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run_case(case: Case, device: torch.device, quick: bool) -> list[Result]:
