@@ -1,4 +1,6 @@
 """Hot-path operators: torch.ops.tltorch_ext.*, one module per op family."""
+from .fsp import fsp_loss, fsp_matrix
+from .nst import nst_loss
 from .stoch_norm import stoch_norm, update_running_stats
 
-__all__ = ["stoch_norm", "update_running_stats"]
+__all__ = ["fsp_loss", "fsp_matrix", "nst_loss", "stoch_norm", "update_running_stats"]
