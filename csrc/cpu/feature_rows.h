@@ -81,21 +81,22 @@ void pack_rows(const SampleRows<scalar_t>& rows, int64_t count, const acc_t* sca
   }
 }
 
-// Rows as an acc_t panel: the input itself when it already is one (row-contiguous acc_t),
-// else packed into `scratch`, which then advances past the copy.
+// Rows (count × len), or their transpose (len × count), as an acc_t panel with contiguous rows:
+// the input itself when it already is one (acc_t with unit stride along the panel's rows), else a
+// copy packed into `scratch`, which then advances past it.
 template <typename acc_t, typename scalar_t>
-const acc_t* panel(const SampleRows<scalar_t>& rows, int64_t count, acc_t*& scratch,
-                   int64_t& ld) {
+const acc_t* panel(const SampleRows<scalar_t>& rows, int64_t count, bool transpose,
+                   acc_t*& scratch, int64_t& ld) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if (rows.col_stride == 1) {
-      ld = rows.row_stride;
+    if ((transpose ? rows.row_stride : rows.col_stride) == 1) {
+      ld = transpose ? rows.col_stride : rows.row_stride;
       return rows.ptr;
     }
   }
   acc_t* out = scratch;
-  pack_rows<acc_t>(rows, count, nullptr, false, out);
+  pack_rows<acc_t>(rows, count, nullptr, transpose, out);
   scratch += count * rows.len;
-  ld = rows.len;
+  ld = transpose ? count : rows.len;
   return out;
 }
 

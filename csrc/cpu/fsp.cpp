@@ -1,12 +1,12 @@
 // FSP on CPU (SPEC §1.2); same functions and results as tltorch_ext/reference/fsp.py.
 //
 // Work is split into tasks of (sample b, block of up to 64 rows of top). A task takes the
-// sample's rows as accumulation-type panels (the input itself when it is float/double with
-// contiguous rows, else a packed copy in per-thread scratch) and runs the 4 × 4 register blocks of
-// gram_tiles.h: for the loss, each block of G_s and of G_t is accumulated, subtracted in registers
-// and squared, so neither Gram is stored (D = G_s − G_t is written only when asked). Backward
-// products α·op(M)·X run in the outer-product form of apply_rows. Accumulation is float32 (double
-// for double inputs); the task sums are added in double.
+// sample's rows of top and the columns of bot as accumulation-type panels (the input itself when
+// it is float/double laid out so, else a packed copy in per-thread scratch) and runs the register
+// blocks of tile_products.h: for the loss, each block accumulates G_s and −G_t into the same
+// registers (the difference is formed on the fly) and is squared there, so neither Gram is
+// stored (D = G_s − G_t is written only when asked). Backward products α·op(M)·X use the same
+// kernel. Accumulation is float32 (double for double inputs); the task sums are added in double.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "feature_rows.h"
-#include "gram_tiles.h"
+#include "tile_products.h"
 #include "ops.h"
 
 namespace tltorch_ext {
@@ -28,22 +28,30 @@ void check_maps(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 3, name, " must be (B, C, HW), got shape ", t.sizes());
 }
 
-// Y = Σ_p (1/HW_p) · top_p · bot_pᵀ over top rows [r0, r0 + rows) of sample b: Σ Y², and Y
-// written at out (leading dimension C_bot) unless null.
+// Y = Σ_p ±(1/HW_p) · top_p · bot_pᵀ over top rows [r0, r0 + rows) of sample b: Σ Y², and Y
+// written at out (leading dimension C_bot) unless null. Long rows go through row dot products,
+// short ones through products() with bot's columns packed.
 template <typename scalar_t, typename acc_t>
 double gram_block_rows(const at::Tensor* bots, const at::Tensor* tops, const acc_t* signs,
                        int count, int64_t b, int64_t r0, int64_t rows, acc_t* scratch,
                        acc_t* out) {
-  tiles::RowProduct<acc_t> products[2];
   const int64_t c_bot = bots[0].size(1);
+  bool dots = true;
+  for (int p = 0; p < count; ++p) dots = dots && tiles::prefer_row_dots(tops[p].size(2));
+  tiles::RowProduct<acc_t> row_terms[2];
+  tiles::MatrixTerm<acc_t> terms[2];
   for (int p = 0; p < count; ++p) {
     const SampleRows<scalar_t> top(tops[p], b, r0), bot(bots[p], b);
+    const acc_t coef = signs[p] / acc_t(top.len);
     int64_t ld_top, ld_bot;
-    const acc_t* top_panel = panel<acc_t>(top, rows, scratch, ld_top);
-    const acc_t* bot_panel = panel<acc_t>(bot, c_bot, scratch, ld_bot);
-    products[p] = {top_panel, ld_top, bot_panel, ld_bot, top.len, signs[p] / acc_t(top.len)};
+    const acc_t* top_rows = panel<acc_t>(top, rows, false, scratch, ld_top);
+    const acc_t* bot_panel = panel<acc_t>(bot, c_bot, !dots, scratch, ld_bot);
+    row_terms[p] = {top_rows, ld_top, bot_panel, ld_bot, top.len, coef};
+    terms[p] = {top_rows, ld_top, 1, bot_panel, ld_bot, top.len, coef};
   }
-  return tiles::gram_tiles(products, count, rows, c_bot, false, out, c_bot);
+  constexpr auto reduce = tiles::Reduce::kSquares;
+  return dots ? tiles::row_dots(row_terms, count, rows, c_bot, reduce, out, c_bot)
+              : tiles::products(terms, count, rows, c_bot, reduce, false, out, c_bot);
 }
 
 // Runs gram_block_rows over every (sample, row block); returns Σ Y² and fills out (B, C_top,
@@ -93,16 +101,16 @@ void apply_tasks(const at::Tensor& m, const at::Tensor& x, bool transpose_m, dou
       const int64_t n = std::min(kRowsPerTask, rows - r0);
       acc_t* work = scratch.local();
       int64_t ldx;
-      const acc_t* x_panel = panel<acc_t>(SampleRows<scalar_t>(x, b), inner, work, ldx);
+      const acc_t* x_panel = panel<acc_t>(SampleRows<scalar_t>(x, b), inner, false, work, ldx);
       // op(M)[i, j] = M[b, i, j], or M[b, j, i] when transposed.
       const acc_t* m_rows = m_base + b * rows * inner + (transpose_m ? r0 : r0 * inner);
       const tiles::MatrixTerm<acc_t> term{m_rows, transpose_m ? 1 : inner, transpose_m ? rows : 1,
                                           x_panel, ldx, inner, static_cast<acc_t>(scale)};
       scalar_t* out_rows = out_base + (b * rows + r0) * len;
       if constexpr (direct) {
-        tiles::apply_rows(&term, 1, n, len, false, out_rows, len);
+        tiles::products(&term, 1, n, len, tiles::Reduce::kNone, false, out_rows, len);
       } else {
-        tiles::apply_rows(&term, 1, n, len, false, work, len);
+        tiles::products(&term, 1, n, len, tiles::Reduce::kNone, false, work, len);
         for (int64_t i = 0; i < n * len; ++i) out_rows[i] = static_cast<scalar_t>(work[i]);
       }
     }

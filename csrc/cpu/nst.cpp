@@ -1,13 +1,13 @@
 // NST on CPU (SPEC §1.3); same functions and results as tltorch_ext/reference/nst.py.
 //
 // Parallel over samples. A sample's rows are normalized (s_i = f_i / max(‖f_i‖, ε)) while being
-// packed into per-thread scratch, transposed to (HW, C) for the spatial side so that both Gram
-// sides reduce over contiguous rows. Forward reduces the Grams block by block in registers
-// (gram_tiles.h): spatial, Σ (P_s/C_s − P_t/C_t)² over the upper triangle of HW × HW blocks;
-// channel, ‖T Tᵀ‖²/C_t² + ‖S Sᵀ‖²/C_s² − 2‖S Tᵀ‖²/(C_s C_t), the self terms on the upper triangle.
+// packed into per-thread scratch (also transposed, for the channel side). Forward reduces the
+// Grams block by block in registers (tile_products.h): spatial, Σ (P_s/C_s − P_t/C_t)² over the
+// upper triangle of HW × HW, both Grams accumulated into the same registers; channel,
+// ‖T Tᵀ‖²/C_t² + ‖S Sᵀ‖²/C_s² − 2‖S Tᵀ‖²/(C_s C_t), the self terms on the upper triangle.
 // Backward recomputes the normalized rows and one sample's Grams (P_s and E, or S Sᵀ and S Tᵀ) in
-// scratch, applies them to S and T (apply_rows), and takes the result through the normalization
-// row by row. Accumulation is float32 (double for double inputs).
+// scratch, applies them to S and T with the same kernel, and takes the result through the
+// normalization row by row. Accumulation is float32 (double for double inputs).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,13 +18,16 @@
 #include <vector>
 
 #include "feature_rows.h"
-#include "gram_tiles.h"
+#include "tile_products.h"
 #include "ops.h"
 
 namespace tltorch_ext {
 namespace {
 
 constexpr double kEps = 1e-12;
+constexpr tiles::Reduce kWrite = tiles::Reduce::kNone;
+constexpr tiles::Reduce kSquares = tiles::Reduce::kSquares;
+constexpr tiles::Reduce kSymmetricSquares = tiles::Reduce::kSymmetricSquares;
 
 void check_maps(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
@@ -35,18 +38,28 @@ at::ScalarType acc_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Normalized rows of one sample packed into scratch (rows × len, or len × rows when transposed):
-// inv[i] = 1 / max(norm[i], ε) is written first, then the rows. Returns the packed rows.
+// Normalized rows of one sample packed into scratch: inv[i] = 1 / max(norm[i], ε) first, then
+// the rows S (count × len) and, when asked, their transpose Sᵀ (len × count).
 template <typename acc_t, typename scalar_t>
-acc_t* pack_normalized(const SampleRows<scalar_t>& rows, int64_t count, const acc_t* norms,
-                       bool transpose, acc_t*& scratch, acc_t*& inv) {
-  inv = scratch;
-  for (int64_t i = 0; i < count; ++i) inv[i] = acc_t(1) / std::max(norms[i], acc_t(kEps));
-  acc_t* packed = scratch + count;
-  pack_rows<acc_t>(rows, count, inv, transpose, packed);
-  scratch = packed + count * rows.len;
-  return packed;
-}
+struct NormalizedRows {
+  const acc_t* inv;
+  const acc_t* rows;
+  const acc_t* columns;  // Sᵀ, or null
+
+  NormalizedRows(const SampleRows<scalar_t>& f, int64_t count, const acc_t* norms, bool transposed,
+                 acc_t*& scratch) {
+    acc_t* inverse = scratch;
+    for (int64_t i = 0; i < count; ++i) inverse[i] = acc_t(1) / std::max(norms[i], acc_t(kEps));
+    acc_t* packed = inverse + count;
+    pack_rows<acc_t>(f, count, inverse, false, packed);
+    acc_t* packed_t = packed + count * f.len;
+    if (transposed) pack_rows<acc_t>(f, count, inverse, true, packed_t);
+    scratch = packed_t + (transposed ? count * f.len : 0);
+    inv = inverse;
+    rows = packed;
+    columns = transposed ? packed_t : nullptr;
+  }
+};
 
 // grad rows = (ds_i − s_i ⟨s_i, ds_i⟩) / max(‖f_i‖, ε), the radial term only where ‖f_i‖ > ε.
 template <typename acc_t, typename scalar_t>
@@ -66,30 +79,43 @@ void normalize_backward(const acc_t* s, const acc_t* ds, const acc_t* norms, con
   }
 }
 
+// A channel-side Gram coef · A Bᵀ (C_a × C_b) of normalized rows: reduced or written to out.
+template <typename acc_t, typename scalar_t>
+double channel_gram(const NormalizedRows<acc_t, scalar_t>& a,
+                    const NormalizedRows<acc_t, scalar_t>& b, int64_t c_a, int64_t c_b,
+                    int64_t len, acc_t coef, tiles::Reduce reduce, acc_t* out) {
+  if (b.columns == nullptr) {  // long rows: row dot products
+    const tiles::RowProduct<acc_t> term{a.rows, len, b.rows, len, len, coef};
+    return tiles::row_dots(&term, 1, c_a, c_b, reduce, out, c_b);
+  }
+  const tiles::MatrixTerm<acc_t> term{a.rows, len, 1, b.columns, c_b, len, coef};
+  return tiles::products(&term, 1, c_a, c_b, reduce, false, out, c_b);
+}
+
 template <typename scalar_t>
 double forward_sample(const at::Tensor& f_s, const at::Tensor& f_t, int64_t b, bool spatial,
                       at::opmath_type<scalar_t>* norm_s, at::opmath_type<scalar_t>* norm_t,
                       at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Term = tiles::MatrixTerm<acc_t>;
   const SampleRows<scalar_t> f_s_rows(f_s, b), f_t_rows(f_t, b);
   const int64_t c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
   for (int64_t i = 0; i < c_s; ++i) norm_s[i] = row_norm<acc_t>(f_s_rows, i);
   for (int64_t i = 0; i < c_t; ++i) norm_t[i] = row_norm<acc_t>(f_t_rows, i);
-  acc_t *inv_s, *inv_t;
-  const acc_t* s = pack_normalized(f_s_rows, c_s, norm_s, spatial, scratch, inv_s);
-  const acc_t* t = pack_normalized(f_t_rows, c_t, norm_t, spatial, scratch, inv_t);
-  if (spatial) {  // rows are positions: Σ over the HW × HW blocks of (SᵀS/C_s − TᵀT/C_t)²
-    const tiles::RowProduct<acc_t> e[2] = {{s, c_s, s, c_s, c_s, acc_t(1) / c_s},
-                                           {t, c_t, t, c_t, c_t, acc_t(-1) / c_t}};
-    return tiles::gram_tiles(e, 2, len, len, true, nullptr, 0);
+  // The channel side packs the transposes too when its rows are short (see channel_gram).
+  const bool columns = !spatial && !tiles::prefer_row_dots(len);
+  const NormalizedRows<acc_t, scalar_t> s(f_s_rows, c_s, norm_s, columns, scratch);
+  const NormalizedRows<acc_t, scalar_t> t(f_t_rows, c_t, norm_t, columns, scratch);
+  if (spatial) {  // Σ (SᵀS/C_s − TᵀT/C_t)², Sᵀ read from S's rows with swapped strides
+    const Term e[2] = {{s.rows, 1, len, s.rows, len, c_s, acc_t(1) / c_s},
+                       {t.rows, 1, len, t.rows, len, c_t, acc_t(-1) / c_t}};
+    return tiles::products(e, 2, len, len, kSymmetricSquares, false, nullptr, 0);
   }
-  const tiles::RowProduct<acc_t> tt{t, len, t, len, len, acc_t(1) / c_t};
-  const tiles::RowProduct<acc_t> ss{s, len, s, len, len, acc_t(1) / c_s};
-  const tiles::RowProduct<acc_t> st{s, len, t, len, len,
-                                    acc_t(1) / std::sqrt(acc_t(c_s) * acc_t(c_t))};
-  return tiles::gram_tiles(&tt, 1, c_t, c_t, true, nullptr, 0) +
-         tiles::gram_tiles(&ss, 1, c_s, c_s, true, nullptr, 0) -
-         2 * tiles::gram_tiles(&st, 1, c_s, c_t, false, nullptr, 0);
+  const acc_t cross = acc_t(1) / std::sqrt(acc_t(c_s) * acc_t(c_t));
+  acc_t* const no_output = nullptr;
+  return channel_gram(t, t, c_t, c_t, len, acc_t(1) / c_t, kSymmetricSquares, no_output) +
+         channel_gram(s, s, c_s, c_s, len, acc_t(1) / c_s, kSymmetricSquares, no_output) -
+         2 * channel_gram(s, t, c_s, c_t, len, cross, kSquares, no_output);
 }
 
 struct BackwardArgs {
@@ -102,57 +128,56 @@ void backward_sample(const at::Tensor& f_s, const at::Tensor& f_t, const at::Ten
                      const at::Tensor& norm_t, int64_t b, const BackwardArgs& args,
                      at::Tensor& grad_s, at::Tensor& grad_t, at::opmath_type<scalar_t>* scratch) {
   using acc_t = at::opmath_type<scalar_t>;
-  using tiles::MatrixTerm;
+  using Term = tiles::MatrixTerm<acc_t>;
   const int64_t c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
   const acc_t* ns = norm_s.data_ptr<acc_t>() + b * c_s;
   const acc_t* nt = norm_t.data_ptr<acc_t>() + b * c_t;
-  acc_t *inv_s, *inv_t;
-  const acc_t* s = pack_normalized(SampleRows<scalar_t>(f_s, b), c_s, ns, false, scratch, inv_s);
-  const acc_t* t = pack_normalized(SampleRows<scalar_t>(f_t, b), c_t, nt, false, scratch, inv_t);
+  const bool columns = !args.spatial && !tiles::prefer_row_dots(len);
+  const NormalizedRows<acc_t, scalar_t> s(SampleRows<scalar_t>(f_s, b), c_s, ns, columns, scratch);
+  const NormalizedRows<acc_t, scalar_t> t(SampleRows<scalar_t>(f_t, b), c_t, nt, columns, scratch);
   acc_t* ds = scratch;
   acc_t* dt = ds + c_s * len;
   acc_t* grams = dt + c_t * len;
   const acc_t cross = static_cast<acc_t>(-args.k / (double(c_s) * c_t));
   if (args.spatial) {
-    // P_s = SᵀS: rows p of Sᵀ are columns of S (strides 1, len).
-    acc_t* p_s = grams;
-    const MatrixTerm<acc_t> gram_s{s, 1, len, s, len, c_s, acc_t(1)};
-    tiles::apply_rows(&gram_s, 1, len, len, false, p_s, len);
+    acc_t* p_s = grams;  // SᵀS
+    const Term gram_s{s.rows, 1, len, s.rows, len, c_s, acc_t(1)};
+    tiles::products(&gram_s, 1, len, len, kWrite, false, p_s, len);
     if (args.need_s) {  // E = P_s/C_s − TᵀT/C_t, dS = k/C_s · S E
       acc_t* e = p_s + len * len;
       for (int64_t i = 0; i < len * len; ++i) e[i] = p_s[i] / acc_t(c_s);
-      const MatrixTerm<acc_t> gram_t{t, 1, len, t, len, c_t, acc_t(-1) / c_t};
-      tiles::apply_rows(&gram_t, 1, len, len, true, e, len);
-      const MatrixTerm<acc_t> apply{s, len, 1, e, len, len, static_cast<acc_t>(args.k / c_s)};
-      tiles::apply_rows(&apply, 1, c_s, len, false, ds, len);
+      const Term gram_t{t.rows, 1, len, t.rows, len, c_t, acc_t(-1) / c_t};
+      tiles::products(&gram_t, 1, len, len, kWrite, true, e, len);
+      const Term apply{s.rows, len, 1, e, len, len, static_cast<acc_t>(args.k / c_s)};
+      tiles::products(&apply, 1, c_s, len, kWrite, false, ds, len);
     }
     if (args.need_t) {  // dT = −k/(C_s C_t) · T P_s
-      const MatrixTerm<acc_t> apply{t, len, 1, p_s, len, len, cross};
-      tiles::apply_rows(&apply, 1, c_t, len, false, dt, len);
+      const Term apply{t.rows, len, 1, p_s, len, len, cross};
+      tiles::products(&apply, 1, c_t, len, kWrite, false, dt, len);
     }
   } else {
     acc_t* k_st = grams;  // S Tᵀ (C_s × C_t)
-    const tiles::RowProduct<acc_t> st{s, len, t, len, len, acc_t(1)};
-    tiles::gram_tiles(&st, 1, c_s, c_t, false, k_st, c_t);
+    channel_gram(s, t, c_s, c_t, len, acc_t(1), kWrite, k_st);
     if (args.need_s) {  // dS = k (S Sᵀ S / C_s² − S Tᵀ T / (C_s C_t))
       acc_t* k_ss = k_st + c_s * c_t;
-      const tiles::RowProduct<acc_t> ss{s, len, s, len, len, acc_t(1)};
-      tiles::gram_tiles(&ss, 1, c_s, c_s, false, k_ss, c_s);
-      const MatrixTerm<acc_t> terms[2] = {
-          {k_ss, c_s, 1, s, len, c_s, static_cast<acc_t>(args.k / (double(c_s) * c_s))},
-          {k_st, c_t, 1, t, len, c_t, cross}};
-      tiles::apply_rows(terms, 2, c_s, len, false, ds, len);
+      channel_gram(s, s, c_s, c_s, len, acc_t(1), kWrite, k_ss);
+      const Term terms[2] = {
+          {k_ss, c_s, 1, s.rows, len, c_s, static_cast<acc_t>(args.k / (double(c_s) * c_s))},
+          {k_st, c_t, 1, t.rows, len, c_t, cross}};
+      tiles::products(terms, 2, c_s, len, kWrite, false, ds, len);
     }
     if (args.need_t) {  // dT = −k/(C_s C_t) · (S Tᵀ)ᵀ S
-      const MatrixTerm<acc_t> apply{k_st, 1, c_t, s, len, c_s, cross};
-      tiles::apply_rows(&apply, 1, c_t, len, false, dt, len);
+      const Term apply{k_st, 1, c_t, s.rows, len, c_s, cross};
+      tiles::products(&apply, 1, c_t, len, kWrite, false, dt, len);
     }
   }
   if (args.need_s) {
-    normalize_backward(s, ds, ns, inv_s, c_s, len, grad_s.data_ptr<scalar_t>() + b * c_s * len);
+    normalize_backward(s.rows, ds, ns, s.inv, c_s, len,
+                       grad_s.data_ptr<scalar_t>() + b * c_s * len);
   }
   if (args.need_t) {
-    normalize_backward(t, dt, nt, inv_t, c_t, len, grad_t.data_ptr<scalar_t>() + b * c_t * len);
+    normalize_backward(t.rows, dt, nt, t.inv, c_t, len,
+                       grad_t.data_ptr<scalar_t>() + b * c_t * len);
   }
 }
 
@@ -171,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cpu(const at::Tensor&
   std::vector<double> partial(batch);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ThreadScratch<acc_t> scratch((c_s + c_t) * (len + 1), f_s);
+    ThreadScratch<acc_t> scratch((c_s + c_t) * (2 * len + 1), f_s);
     acc_t* ns = norm_s.data_ptr<acc_t>();
     acc_t* nt = norm_t.data_ptr<acc_t>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
@@ -204,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
   const int64_t grams = spatial ? 2 * len * len : c_s * c_s + c_s * c_t;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ThreadScratch<acc_t> scratch((c_s + c_t) * (2 * len + 1) + grams, f_s);
+    ThreadScratch<acc_t> scratch((c_s + c_t) * (4 * len + 1) + grams, f_s);
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         backward_sample<scalar_t>(f_s, f_t, norm_s, norm_t, b, args, grad_s, grad_t,
