@@ -102,4 +102,11 @@ const acc_t* panel(const SampleRows<scalar_t>& rows, int64_t count, bool transpo
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Tasks per parallel chunk, so that a chunk holds at least ~2^18 multiply-adds: small problems stay
+// on one thread, where waking the pool would cost more than the work.
+inline int64_t grain_for(int64_t work_per_task) {
+  constexpr int64_t kMinChunkWork = int64_t(1) << 18;
+  return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(work_per_task, 1));
+}
+
 }  // namespace tltorch_ext

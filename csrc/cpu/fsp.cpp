@@ -67,7 +67,8 @@ double gram_tasks(const at::Tensor* bots, const at::Tensor* tops, int count, at:
   const acc_t signs[2] = {1, -1};
   acc_t* out_ptr = out.defined() ? out.data_ptr<acc_t>() : nullptr;
   std::vector<double> partial(tasks);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t work = std::min(kRowsPerTask, c_top) * c_bot * tops[0].size(2) * count;
+  at::parallel_for(0, tasks, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, r0 = (task % blocks) * kRowsPerTask;
       const int64_t rows = std::min(kRowsPerTask, c_top - r0);
@@ -95,7 +96,8 @@ void apply_tasks(const at::Tensor& m, const at::Tensor& x, bool transpose_m, dou
   ThreadScratch<acc_t> scratch(inner * len + (direct ? 0 : kRowsPerTask * len), x);
   const acc_t* m_base = m.data_ptr<acc_t>();
   scalar_t* out_base = out.data_ptr<scalar_t>();
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t work = std::min(kRowsPerTask, rows) * inner * len;
+  at::parallel_for(0, batch * blocks, grain_for(work), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, r0 = (task % blocks) * kRowsPerTask;
       const int64_t n = std::min(kRowsPerTask, rows - r0);

@@ -92,6 +92,11 @@ double channel_gram(const NormalizedRows<acc_t, scalar_t>& a,
   return tiles::products(&term, 1, c_a, c_b, reduce, false, out, c_b);
 }
 
+// Multiply-adds of one sample's forward Grams.
+int64_t sample_work(int64_t c_s, int64_t c_t, int64_t len, bool spatial) {
+  return spatial ? len * len * (c_s + c_t) / 2 : len * (c_s + c_t) * (c_s + c_t) / 2;
+}
+
 template <typename scalar_t>
 double forward_sample(const at::Tensor& f_s, const at::Tensor& f_t, int64_t b, bool spatial,
                       at::opmath_type<scalar_t>* norm_s, at::opmath_type<scalar_t>* norm_t,
@@ -199,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cpu(const at::Tensor&
     ThreadScratch<acc_t> scratch((c_s + c_t) * (2 * len + 1), f_s);
     acc_t* ns = norm_s.data_ptr<acc_t>();
     acc_t* nt = norm_t.data_ptr<acc_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch, grain_for(sample_work(c_s, c_t, len, spatial)),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         partial[b] = forward_sample<scalar_t>(f_s, f_t, b, spatial, ns + b * c_s, nt + b * c_t,
                                               scratch.local());
@@ -230,7 +236,8 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ThreadScratch<acc_t> scratch((c_s + c_t) * (4 * len + 1) + grams, f_s);
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch, grain_for(2 * sample_work(c_s, c_t, len, spatial)),
+                     [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         backward_sample<scalar_t>(f_s, f_t, norm_s, norm_t, b, args, grad_s, grad_t,
                                   scratch.local());

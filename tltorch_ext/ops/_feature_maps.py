@@ -31,7 +31,7 @@ def check_same_batch_dtype_device(**maps: Tensor) -> None:
         if t.shape[0] != first.shape[0]:
             raise ValueError(
                 f"{name} has batch size {t.shape[0]} but {first_name} has {first.shape[0]}; "
-                "student and teacher maps must come from the same batch")
+                "all maps of one call must come from the same batch")
         if t.dtype != first.dtype:
             raise TypeError(f"{name} is {t.dtype} but {first_name} is {first.dtype}; "
                             "all maps of one call must share a dtype")
