@@ -1,6 +1,9 @@
 """NST (SPEC §1.3): every backend and both Gram sides against the (B, C_s, C_t) pairwise kernel
 sums in float64 (written only here), a hand-computed case, gradients (the teacher self-term
 carrying none), custom-op checks, torch.compile, the module's pooling and bad input."""
+import pathlib
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from tltorch_ext.distill import NSTLoss
 from tltorch_ext.ops import nst_loss
 from tltorch_ext.ops.nst import spatial_side_is_cheaper
 
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api_fsp_nst.md"
 BACKENDS = cpu_backends()
 GPU_BACKENDS = [b for b in cuda_backends() if b != "reference"]
 OPS = torch.ops.tltorch_ext
@@ -94,7 +98,8 @@ def test_both_gram_sides_agree_and_auto_picks_one(backend):
 def test_side_choice_follows_the_cost():
     assert spatial_side_is_cheaper(2048, 2048, 49)  # ResNet-50's last stage
     assert not spatial_side_is_cheaper(16, 16, 1024)  # CIFAR's first stage
-    assert spatial_side_is_cheaper(64, 64, 64) and not spatial_side_is_cheaper(64, 64, 128)
+    assert spatial_side_is_cheaper(64, 64, 64) and not spatial_side_is_cheaper(64, 64, 65)
+    assert spatial_side_is_cheaper(100, 28, 64) and not spatial_side_is_cheaper(16, 64, 49)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -253,3 +258,11 @@ def test_gpu_opcheck(backend):
     with tltorch_ext.set_backend(backend):
         for spatial in (True, False):
             torch.library.opcheck(OPS.nst_forward.default, (f_s, f_t, spatial))
+
+
+def test_docs_examples_run():
+    """Every python block of docs/api_fsp_nst.md runs."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), {})
