@@ -163,8 +163,8 @@ def test_gradcheck_float64(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
-    bot_s, top_s = torch.randn(2, 3, 5, requires_grad=True), torch.randn(2, 4, 5, requires_grad=True)
-    bot_t, top_t = torch.randn(2, 3, 7, requires_grad=True), torch.randn(2, 4, 7, requires_grad=True)
+    bot_s, top_s, bot_t, top_t = (torch.randn(2, c, hw, requires_grad=True)
+                                  for c, hw in ((3, 5), (4, 5), (3, 7), (4, 7)))
     diff, grad = torch.randn(2, 4, 3), torch.tensor(0.5)
     with tltorch_ext.set_backend(backend):
         torch.library.opcheck(OPS.fsp_matrix.default, (bot_s, top_s))
@@ -175,7 +175,8 @@ def test_opcheck(backend):
 
 
 def student_teacher_maps(grad=True):
-    g_s = [maps(2, 4, (8, 6), grad=grad), maps(2, 6, (4, 3), grad=grad), maps(2, 8, (4, 3), grad=grad)]
+    g_s = [maps(2, 4, (8, 6), grad=grad), maps(2, 6, (4, 3), grad=grad),
+           maps(2, 8, (4, 3), grad=grad)]
     g_t = [maps(2, 4, (6, 6), grad=False), maps(2, 6, (3, 3), grad=False),
            maps(2, 8, (2, 2), grad=False)]
     return g_s, g_t
@@ -274,11 +275,12 @@ def test_op_rejects_bad_input():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("case", [(32, 256, 256, (14, 14), (14, 14)), (8, 65, 129, (9, 11), (7, 7))])
+@pytest.mark.parametrize("case", [(32, 256, 256, (14, 14), (14, 14)),
+                                  (8, 65, 129, (9, 11), (7, 7))])
 def test_gpu_backend_matches_broadcast_formulation(backend, dtype, case):
     batch, c_bot, c_top, hw_s, hw_t = case
-    inputs = [maps(batch, c_bot, hw_s, dtype, device="cuda"), maps(batch, c_top, hw_s, dtype, device="cuda"),
-              maps(batch, c_bot, hw_t, dtype, device="cuda"), maps(batch, c_top, hw_t, dtype, device="cuda")]
+    inputs = [maps(batch, c, hw, dtype, device="cuda")
+              for c, hw in ((c_bot, hw_s), (c_top, hw_s), (c_bot, hw_t), (c_top, hw_t))]
     with tltorch_ext.set_backend(backend):
         loss = fsp_loss(*inputs)
         grads = torch.autograd.grad(loss, inputs)

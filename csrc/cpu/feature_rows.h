@@ -72,7 +72,9 @@ void pack_rows(const SampleRows<scalar_t>& rows, int64_t count, const acc_t* sca
     const acc_t s = scale == nullptr ? acc_t(1) : scale[i];
     const int64_t stride = rows.col_stride;
     if (transpose) {
-      for (int64_t k = 0; k < rows.len; ++k) dst[k * count + i] = s * static_cast<acc_t>(src[k * stride]);
+      for (int64_t k = 0; k < rows.len; ++k) {
+        dst[k * count + i] = s * static_cast<acc_t>(src[k * stride]);
+      }
     } else {
       acc_t* out = dst + i * rows.len;
 #pragma omp simd

@@ -124,8 +124,10 @@ void apply_tasks(const at::Tensor& m, const at::Tensor& x, bool transpose_m, dou
 at::Tensor fsp_matrix_cpu(const at::Tensor& bot, const at::Tensor& top) {
   check_maps(bot, "bot");
   check_maps(top, "top");
-  at::Tensor out = at::empty({top.size(0), top.size(1), bot.size(1)}, top.options().dtype(acc_type(top)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, top.scalar_type(), "fsp_matrix_cpu", [&] {
+  at::Tensor out = at::empty({top.size(0), top.size(1), bot.size(1)},
+                             top.options().dtype(acc_type(top)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, top.scalar_type(), "fsp_matrix_cpu",
+                                  [&] {
     gram_tasks<scalar_t>(&bot, &top, 1, out);
   });
   return out.to(top.scalar_type());
@@ -143,15 +145,16 @@ std::tuple<at::Tensor, at::Tensor> fsp_forward_cpu(const at::Tensor& bot_s, cons
   at::Tensor diff = keep_diff ? at::empty({batch, c_top, c_bot}, acc) : at::empty({0}, acc);
   const at::Tensor bots[2] = {bot_s, bot_t}, tops[2] = {top_s, top_t};
   double total = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, top_s.scalar_type(), "fsp_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, top_s.scalar_type(), "fsp_forward_cpu",
+                                  [&] {
     total = gram_tasks<scalar_t>(bots, tops, 2, keep_diff ? diff : at::Tensor());
   });
   const double mean = total / static_cast<double>(batch * c_top * c_bot);
   return {at::scalar_tensor(mean, top_s.options()), diff};
 }
 
-at::Tensor fsp_backward_cpu(const at::Tensor& m, const at::Tensor& x, bool transpose_m, double alpha,
-                            const std::optional<at::Tensor>& grad) {
+at::Tensor fsp_backward_cpu(const at::Tensor& m, const at::Tensor& x, bool transpose_m,
+                            double alpha, const std::optional<at::Tensor>& grad) {
   check_maps(x, "x");
   TORCH_CHECK(m.dim() == 3 && m.size(0) == x.size(0), "m must be (B, R, J), got ", m.sizes());
   TORCH_CHECK((transpose_m ? m.size(1) : m.size(2)) == x.size(1), "m's inner size ", m.sizes(),
@@ -159,7 +162,8 @@ at::Tensor fsp_backward_cpu(const at::Tensor& m, const at::Tensor& x, bool trans
   const double scale = alpha * (grad.has_value() ? grad->item<double>() : 1.0);
   at::Tensor out = at::empty({x.size(0), transpose_m ? m.size(2) : m.size(1), x.size(2)},
                              x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsp_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsp_backward_cpu",
+                                  [&] {
     apply_tasks<scalar_t>(m.to(acc_type(x)).contiguous(), x, transpose_m, scale, out);
   });
   return out;

@@ -199,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cpu(const at::Tensor&
   const auto acc = f_s.options().dtype(acc_type(f_s));
   at::Tensor norm_s = at::empty({batch, c_s}, acc), norm_t = at::empty({batch, c_t}, acc);
   std::vector<double> partial(batch);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_forward_cpu",
+                                  [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ThreadScratch<acc_t> scratch((c_s + c_t) * (2 * len + 1), f_s);
     acc_t* ns = norm_s.data_ptr<acc_t>();
@@ -233,7 +234,8 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
   at::Tensor grad_s = at::empty(grad_shape(need_s, c_s), f_s.options());
   at::Tensor grad_t = at::empty(grad_shape(need_t, c_t), f_t.options());
   const int64_t grams = spatial ? 2 * len * len : c_s * c_s + c_s * c_t;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_backward_cpu",
+                                  [&] {
     using acc_t = at::opmath_type<scalar_t>;
     ThreadScratch<acc_t> scratch((c_s + c_t) * (4 * len + 1) + grams, f_s);
     at::parallel_for(0, batch, grain_for(2 * sample_work(c_s, c_t, len, spatial)),

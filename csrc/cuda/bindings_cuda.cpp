@@ -67,9 +67,10 @@ at::Tensor fsp_matrix_cuda(const at::Tensor& bot, const at::Tensor& top) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> fsp_forward_cuda(const at::Tensor& bot_s, const at::Tensor& top_s,
-                                                    const at::Tensor& bot_t, const at::Tensor& top_t,
-                                                    bool keep_diff) {
+std::tuple<at::Tensor, at::Tensor> fsp_forward_cuda(const at::Tensor& bot_s,
+                                                    const at::Tensor& top_s,
+                                                    const at::Tensor& bot_t,
+                                                    const at::Tensor& top_t, bool keep_diff) {
   const c10::cuda::CUDAGuard guard(top_s.device());
   const int64_t batch = top_s.size(0), c_top = top_s.size(1), c_bot = bot_s.size(1);
   const auto acc = top_s.options().dtype(acc_type(top_s));
@@ -113,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cuda(const at::Tensor
   const int64_t batch = f_s.size(0);
   const auto acc = f_s.options().dtype(acc_type(f_s));
   at::Tensor loss = at::empty({}, f_s.options());
-  at::Tensor norm_s = at::empty({batch, f_s.size(1)}, acc), norm_t = at::empty({batch, f_t.size(1)}, acc);
+  at::Tensor norm_s = at::empty({batch, f_s.size(1)}, acc);
+  at::Tensor norm_t = at::empty({batch, f_t.size(1)}, acc);
   at::Tensor work = workspace(cuda::nst_forward_workspace(batch, s.channels, t.channels,
                                                           s.positions, spatial,
                                                           f_s.scalar_type() == at::kDouble),
@@ -125,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cuda(const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor> nst_backward_cuda(const at::Tensor& grad, const at::Tensor& f_s,
-                                                     const at::Tensor& f_t, const at::Tensor& norm_s,
+                                                     const at::Tensor& f_t,
+                                                     const at::Tensor& norm_s,
                                                      const at::Tensor& norm_t, bool spatial,
                                                      bool need_s, bool need_t) {
   const c10::cuda::CUDAGuard guard(f_s.device());
@@ -136,8 +139,10 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cuda(const at::Tensor& grad, con
               "norm_s and norm_t must be contiguous CUDA ", acc, " tensors");
   const int64_t batch = f_s.size(0);
   const at::Tensor scale = grad.to(acc).contiguous();
-  at::Tensor grad_s = need_s ? at::empty(f_s.sizes(), f_s.options()) : at::empty({0}, f_s.options());
-  at::Tensor grad_t = need_t ? at::empty(f_t.sizes(), f_t.options()) : at::empty({0}, f_t.options());
+  const auto gradient = [](bool needed, const at::Tensor& f) {
+    return needed ? at::empty(f.sizes(), f.options()) : at::empty({0}, f.options());
+  };
+  at::Tensor grad_s = gradient(need_s, f_s), grad_t = gradient(need_t, f_t);
   at::Tensor work = workspace(
       cuda::nst_backward_workspace(batch, s.channels, t.channels, s.positions, spatial, need_s,
                                    need_t, acc == at::kDouble),

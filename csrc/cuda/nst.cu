@@ -1,55 +1,15 @@
 // NST on CUDA (SPEC §1.3): row norms, the products of tile_products.cu arranged for both Gram
 // sides, and the normalization's gradient; see nst.cuh.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 
 #include "nst.cuh"
+#include "values.cuh"
 
 namespace tltorch_ext::cuda {
 namespace {
 
 constexpr double kEps = 1e-12;
 constexpr int kRowThreads = 256;  // one warp per row, 8 rows per block
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t load_as(const void* base, DType dtype, int64_t offset) {
-  switch (dtype) {
-    case DType::kHalf:
-      return static_cast<acc_t>(__half2float(static_cast<const __half*>(base)[offset]));
-    case DType::kBFloat16:
-      return static_cast<acc_t>(
-          __bfloat162float(static_cast<const __nv_bfloat16*>(base)[offset]));
-    case DType::kFloat:
-      return static_cast<acc_t>(static_cast<const float*>(base)[offset]);
-    default:
-      return static_cast<acc_t>(static_cast<const double*>(base)[offset]);
-  }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ void store_as(void* base, DType dtype, int64_t offset, acc_t v) {
-  switch (dtype) {
-    case DType::kHalf:
-      static_cast<__half*>(base)[offset] = __float2half_rn(static_cast<float>(v));
-      break;
-    case DType::kBFloat16:
-      static_cast<__nv_bfloat16*>(base)[offset] = __float2bfloat16_rn(static_cast<float>(v));
-      break;
-    case DType::kFloat:
-      static_cast<float*>(base)[offset] = static_cast<float>(v);
-      break;
-    default:
-      static_cast<double*>(base)[offset] = static_cast<double>(v);
-  }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t value) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
-}
 
 // Offset of element p of row r = b·C + c.
 __device__ __forceinline__ int64_t row_offset(const FeatureMaps& f, int64_t row) {
@@ -65,7 +25,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t base = row_offset(f, row);
   acc_t squares = 0;
   for (int64_t p = threadIdx.x % 32; p < f.positions; p += 32) {
-    const acc_t v = load_as<acc_t>(f.data, f.dtype, base + p * f.position_stride);
+    const acc_t v = load_value<acc_t>(f.data, f.dtype, base + p * f.position_stride);
     squares += v * v;
   }
   squares = warp_sum(squares);
@@ -88,12 +48,12 @@ __global__ void __launch_bounds__(kRowThreads)
   const acc_t* ds_row = ds + row * f.positions;
   acc_t dot = 0;
   for (int64_t p = lane; p < f.positions; p += 32) {
-    dot += load_as<acc_t>(f.data, f.dtype, base + p * f.position_stride) * inv * ds_row[p];
+    dot += load_value<acc_t>(f.data, f.dtype, base + p * f.position_stride) * inv * ds_row[p];
   }
   const acc_t radial = norm > eps ? warp_sum(dot) : acc_t(0);
   for (int64_t p = lane; p < f.positions; p += 32) {
-    const acc_t s = load_as<acc_t>(f.data, f.dtype, base + p * f.position_stride) * inv;
-    store_as<acc_t>(out, f.dtype, row * f.positions + p, (ds_row[p] - s * radial) * inv);
+    const acc_t s = load_value<acc_t>(f.data, f.dtype, base + p * f.position_stride) * inv;
+    store_value<acc_t>(out, f.dtype, row * f.positions + p, (ds_row[p] - s * radial) * inv);
   }
 }
 
@@ -285,14 +245,16 @@ cudaError_t nst_backward(const FeatureMaps& f_s, const FeatureMaps& f_t, int64_t
   if (spatial) {
     if (need_t) {  // P_s = SᵀS, dT = −k/(C_s C_t) · T P_s
       const Product p_s = product(s.transposed(), s, c_s, 1.0);
-      const Product apply = product(t, buffer_view(pieces.gram_a, len, len, double_acc), len, cross);
+      const MatrixView p_s_view = buffer_view(pieces.gram_a, len, len, double_acc);
+      const Product apply = product(t, p_s_view, len, cross);
       status = run(len, len, &p_s, 1, pieces.gram_a, nullptr);
       if (status == cudaSuccess) status = run(c_t, len, &apply, 1, pieces.dt, grad);
     }
     if (need_s && status == cudaSuccess) {  // E = SᵀS/C_s − TᵀT/C_t, dS = k/C_s · S E
       const Product e[2] = {product(s.transposed(), s, c_s, 1.0 / c_s),
                             product(t.transposed(), t, c_t, -1.0 / c_t)};
-      const Product apply = product(s, buffer_view(pieces.gram_b, len, len, double_acc), len, k / c_s);
+      const MatrixView e_view = buffer_view(pieces.gram_b, len, len, double_acc);
+      const Product apply = product(s, e_view, len, k / c_s);
       status = run(len, len, e, 2, pieces.gram_b, nullptr);
       if (status == cudaSuccess) status = run(c_s, len, &apply, 1, pieces.ds, grad);
     }
@@ -302,9 +264,9 @@ cudaError_t nst_backward(const FeatureMaps& f_s, const FeatureMaps& f_t, int64_t
     status = run(c_s, c_t, &st, 1, pieces.gram_a, nullptr);
     if (need_s && status == cudaSuccess) {  // dS = k (S Sᵀ S/C_s² − S Tᵀ T/(C_s C_t))
       const Product ss = product(s, s.transposed(), len, 1.0);
-      const Product apply[2] = {
-          product(buffer_view(pieces.gram_b, c_s, c_s, double_acc), s, c_s, k / (double(c_s) * c_s)),
-          product(k_st, t, c_t, cross)};
+      const MatrixView k_ss = buffer_view(pieces.gram_b, c_s, c_s, double_acc);
+      const Product apply[2] = {product(k_ss, s, c_s, k / (double(c_s) * c_s)),
+                                product(k_st, t, c_t, cross)};
       status = run(c_s, c_s, &ss, 1, pieces.gram_b, nullptr);
       if (status == cudaSuccess) status = run(c_s, len, apply, 2, pieces.ds, grad);
     }

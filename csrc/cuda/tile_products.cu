@@ -5,10 +5,8 @@
 // accumulation type, normalized, A times coef), the mapping of threads to elements following
 // whichever operand axis has unit stride so that global loads coalesce; then each thread updates
 // its 4 × 4 outputs (rows ty + 16i, columns tx + 16j: conflict-free shared reads).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "tile_products.cuh"
+#include "values.cuh"
 
 namespace tltorch_ext::cuda {
 namespace {
@@ -19,43 +17,12 @@ constexpr int kThreads = 256;
 constexpr int kPerThread = kTile * kStep / kThreads;  // elements of each operand a thread loads
 constexpr int64_t kMaxGridY = 65535;
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t load_value(const void* base, DType dtype, int64_t offset) {
-  switch (dtype) {
-    case DType::kHalf:
-      return static_cast<acc_t>(__half2float(static_cast<const __half*>(base)[offset]));
-    case DType::kBFloat16:
-      return static_cast<acc_t>(
-          __bfloat162float(static_cast<const __nv_bfloat16*>(base)[offset]));
-    case DType::kFloat:
-      return static_cast<acc_t>(static_cast<const float*>(base)[offset]);
-    default:
-      return static_cast<acc_t>(static_cast<const double*>(base)[offset]);
-  }
-}
-
-template <typename acc_t>
-__device__ __forceinline__ void store_value(void* base, DType dtype, int64_t offset, acc_t v) {
-  switch (dtype) {
-    case DType::kHalf:
-      static_cast<__half*>(base)[offset] = __float2half_rn(static_cast<float>(v));
-      break;
-    case DType::kBFloat16:
-      static_cast<__nv_bfloat16*>(base)[offset] = __float2bfloat16_rn(static_cast<float>(v));
-      break;
-    case DType::kFloat:
-      static_cast<float*>(base)[offset] = static_cast<float>(v);
-      break;
-    default:
-      static_cast<double*>(base)[offset] = static_cast<double>(v);
-  }
-}
-
 // Element (i, j) of sample b of a view, normalized along its channel axis when it has one.
 template <typename acc_t>
 __device__ __forceinline__ acc_t view_value(const MatrixView& v, int64_t b, int64_t i, int64_t j,
                                             acc_t eps) {
-  acc_t x = load_value<acc_t>(v.data, v.dtype, b * v.batch_stride + i * v.stride_i + j * v.stride_j);
+  const int64_t offset = b * v.batch_stride + i * v.stride_i + j * v.stride_j;
+  acc_t x = load_value<acc_t>(v.data, v.dtype, offset);
   if (v.norm_axis >= 0) {
     const acc_t norm = static_cast<const acc_t*>(v.norms)[b * v.norms_batch_stride +
                                                           (v.norm_axis == 0 ? i : j)];
@@ -66,7 +33,7 @@ __device__ __forceinline__ acc_t view_value(const MatrixView& v, int64_t b, int6
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t value, acc_t* warp_sums) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  value = warp_sum(value);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_sums[warp] = value;
   __syncthreads();
@@ -187,7 +154,9 @@ cudaError_t launch_products(const ProductsArgs& args, cudaStream_t stream) {
   if (args.count < 1 || args.count > 2 || args.rows <= 0 || args.cols <= 0 || args.batch <= 0) {
     return cudaErrorInvalidValue;
   }
-  if (args.symmetric && (args.out != nullptr || args.rows != args.cols)) return cudaErrorInvalidValue;
+  if (args.symmetric && (args.out != nullptr || args.rows != args.cols)) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t tiles = product_tiles(args.rows, args.cols);
   if (tiles > INT32_MAX) return cudaErrorInvalidConfiguration;
   // gridDim.y is limited: walk the batch in chunks.

@@ -52,7 +52,7 @@ def runner(loss_fn, inputs, backward):
 def student_teacher_maps(batch, channels, spatial, count, dtype, device, backward):
     """count maps for the student (requiring grad when timing backward), count for the teacher."""
     generator = torch.Generator().manual_seed(batch * channels + spatial)
-    maps = [torch.randn(batch, channels, spatial, generator=generator).to(device=device, dtype=dtype)
+    maps = [torch.randn(batch, channels, spatial, generator=generator).to(device, dtype)
             for _ in range(2 * count)]
     for x in maps[:count]:
         x.requires_grad_(backward)

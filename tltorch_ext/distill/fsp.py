@@ -15,12 +15,14 @@ __all__ = ["FSP"]
 
 def _as_shapes(name: str, shapes) -> list[tuple[int, int, int, int]]:
     if not isinstance(shapes, Sequence) or len(shapes) < 2:
-        raise ValueError(f"{name} must be a list of at least two (B, C, H, W) shapes, got {shapes!r}")
+        raise ValueError(
+            f"{name} must be a list of at least two (B, C, H, W) shapes, got {shapes!r}")
     out = []
     for shape in shapes:
         shape = tuple(shape)
         if len(shape) != 4 or not all(isinstance(n, int) and n > 0 for n in shape):
-            raise ValueError(f"{name} must hold (B, C, H, W) shapes of positive ints, got {shape!r}")
+            raise ValueError(
+                f"{name} must hold (B, C, H, W) shapes of positive ints, got {shape!r}")
         out.append(shape)
     return out
 
@@ -69,7 +71,8 @@ class FSP(nn.Module):
                 raise ValueError(f"{name}[{i}] has {t.shape[1]} channels, but {shape[1]} were "
                                  f"declared (shape {tuple(t.shape)})")
 
-    def forward(self, g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, g_s: Sequence[torch.Tensor],
+                g_t: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._check("g_s", g_s, self.s_shapes)
         self._check("g_t", g_t, self.t_shapes)
         losses = []

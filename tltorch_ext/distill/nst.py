@@ -32,7 +32,8 @@ class NSTLoss(nn.Module):
         one per pair. Gradients reach whichever maps require them.
     """
 
-    def forward(self, g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, g_s: Sequence[torch.Tensor],
+                g_t: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         for name, maps in (("g_s", g_s), ("g_t", g_t)):
             if not isinstance(maps, Sequence):
                 raise TypeError(f"{name} must be a list of feature maps, got {type(maps).__name__}")
