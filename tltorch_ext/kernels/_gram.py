@@ -121,9 +121,12 @@ def _products_kernel(
     SYMMETRIC: tl.constexpr, HAS_GRAD: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tile_id = tl.program_id(0)
-    b = tl.program_id(1)
+    # One program per (sample, tile), on one grid axis (the others are limited to 65535).
+    program = tl.program_id(0)
     tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+    b = program // tiles
+    tile_id = program - b * tiles
     pid_m = tile_id // tiles_n
     pid_n = tile_id - pid_m * tiles_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -146,7 +149,7 @@ def _products_kernel(
         total = tl.sum(tl.sum(y * y, axis=1), axis=0)
         if SYMMETRIC:
             total = total * tl.where(pid_m < pid_n, 2.0, 1.0).to(ACC)
-        tl.store(partial_ptr + b.to(tl.int64) * tl.num_programs(0) + tile_id, total)
+        tl.store(partial_ptr + program, total)
     if WRITE:
         if HAS_GRAD:
             y = y * tl.load(grad_ptr).to(ACC)
@@ -209,7 +212,7 @@ def run(products: Sequence[Product], *, out: Optional[torch.Tensor] = None,
         codes += [a_code, b_code]
     dot = _dot_dtype(products, acc, data.device)
     tf32 = dot == tl.float32 and torch.backends.cuda.matmul.allow_tf32
-    _products_kernel[(tiles, batch)](
+    _products_kernel[(batch * tiles,)](
         *out_args, partial, grad if grad is not None else dummy, m, n, EPS, *args,
         A1_SCALE=codes[0], B1_SCALE=codes[1], A2_SCALE=codes[2], B2_SCALE=codes[3],
         TWO=len(products) == 2, WRITE=out is not None, REDUCE=reduce, SYMMETRIC=symmetric,
