@@ -13,17 +13,18 @@
 namespace tltorch_ext {
 
 // Per-thread work space allocated through torch (so it shows in torch's memory accounting): one
-// slice of `per_thread` values for each thread at::parallel_for may use.
+// slice of `per_thread` values for each thread at::parallel_for may use (none when 0).
 template <typename acc_t>
 class ThreadScratch {
  public:
   ThreadScratch(int64_t per_thread, const at::Tensor& like)
       : per_thread_(per_thread),
-        buffer_(at::empty({at::get_num_threads() * std::max<int64_t>(per_thread, 1)},
+        buffer_(at::empty({at::get_num_threads() * per_thread},
                           like.options().dtype(c10::CppTypeToScalarType<acc_t>::value))) {}
 
   acc_t* local() const {
-    return buffer_.data_ptr<acc_t>() + at::get_thread_num() * std::max<int64_t>(per_thread_, 1);
+    return per_thread_ == 0 ? nullptr
+                            : buffer_.data_ptr<acc_t>() + at::get_thread_num() * per_thread_;
   }
 
  private:
@@ -83,14 +84,28 @@ void pack_rows(const SampleRows<scalar_t>& rows, int64_t count, const acc_t* sca
   }
 }
 
+// Whether panel() below has to copy: unless the maps are acc_t with unit stride along the
+// panel's rows.
+template <typename acc_t, typename scalar_t>
+bool needs_packing(int64_t row_stride, int64_t col_stride, bool transpose) {
+  return !std::is_same_v<acc_t, scalar_t> || (transpose ? row_stride : col_stride) != 1;
+}
+
+// Scratch values panel() takes for `count` rows of the (B, C, L) maps t.
+template <typename acc_t, typename scalar_t>
+int64_t panel_size(const at::Tensor& t, int64_t count, bool transpose) {
+  return needs_packing<acc_t, scalar_t>(t.stride(1), t.stride(2), transpose) ? count * t.size(2)
+                                                                               : 0;
+}
+
 // Rows (count × len), or their transpose (len × count), as an acc_t panel with contiguous rows:
-// the input itself when it already is one (acc_t with unit stride along the panel's rows), else a
-// copy packed into `scratch`, which then advances past it.
+// the input itself when it already is one, else a copy packed into `scratch`, which then advances
+// past it.
 template <typename acc_t, typename scalar_t>
 const acc_t* panel(const SampleRows<scalar_t>& rows, int64_t count, bool transpose,
                    acc_t*& scratch, int64_t& ld) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
-    if ((transpose ? rows.row_stride : rows.col_stride) == 1) {
+    if (!needs_packing<acc_t, scalar_t>(rows.row_stride, rows.col_stride, transpose)) {
       ld = transpose ? rows.col_stride : rows.row_stride;
       return rows.ptr;
     }

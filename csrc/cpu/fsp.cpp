@@ -28,6 +28,14 @@ void check_maps(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 3, name, " must be (B, C, HW), got shape ", t.sizes());
 }
 
+// Whether the Grams of top · botᵀ go through row dot products (every network's rows long).
+bool use_row_dots(const at::Tensor* tops, int count) {
+  for (int p = 0; p < count; ++p) {
+    if (!tiles::prefer_row_dots(tops[p].size(2))) return false;
+  }
+  return true;
+}
+
 // Y = Σ_p ±(1/HW_p) · top_p · bot_pᵀ over top rows [r0, r0 + rows) of sample b: Σ Y², and Y
 // written at out (leading dimension C_bot) unless null. Long rows go through row dot products,
 // short ones through products() with bot's columns packed.
@@ -36,8 +44,7 @@ double gram_block_rows(const at::Tensor* bots, const at::Tensor* tops, const acc
                        int count, int64_t b, int64_t r0, int64_t rows, acc_t* scratch,
                        acc_t* out) {
   const int64_t c_bot = bots[0].size(1);
-  bool dots = true;
-  for (int p = 0; p < count; ++p) dots = dots && tiles::prefer_row_dots(tops[p].size(2));
+  const bool dots = use_row_dots(tops, count);
   tiles::RowProduct<acc_t> row_terms[2];
   tiles::MatrixTerm<acc_t> terms[2];
   for (int p = 0; p < count; ++p) {
@@ -61,8 +68,12 @@ double gram_tasks(const at::Tensor* bots, const at::Tensor* tops, int count, at:
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = tops[0].size(0), c_top = tops[0].size(1), c_bot = bots[0].size(1);
   const int64_t blocks = ceil_div(c_top, kRowsPerTask), tasks = batch * blocks;
+  const bool dots = use_row_dots(tops, count);
   int64_t scratch_size = 0;
-  for (int p = 0; p < count; ++p) scratch_size += (kRowsPerTask + c_bot) * tops[p].size(2);
+  for (int p = 0; p < count; ++p) {
+    scratch_size += panel_size<acc_t, scalar_t>(tops[p], std::min(kRowsPerTask, c_top), false) +
+                    panel_size<acc_t, scalar_t>(bots[p], c_bot, !dots);
+  }
   ThreadScratch<acc_t> scratch(scratch_size, tops[0]);
   const acc_t signs[2] = {1, -1};
   acc_t* out_ptr = out.defined() ? out.data_ptr<acc_t>() : nullptr;
@@ -93,7 +104,8 @@ void apply_tasks(const at::Tensor& m, const at::Tensor& x, bool transpose_m, dou
   constexpr bool direct = std::is_same_v<acc_t, scalar_t>;  // results go straight into out
   const int64_t batch = x.size(0), inner = x.size(1), len = x.size(2), rows = out.size(1);
   const int64_t blocks = ceil_div(rows, kRowsPerTask);
-  ThreadScratch<acc_t> scratch(inner * len + (direct ? 0 : kRowsPerTask * len), x);
+  const int64_t out_rows = direct ? 0 : std::min(kRowsPerTask, rows) * len;
+  ThreadScratch<acc_t> scratch(panel_size<acc_t, scalar_t>(x, inner, false) + out_rows, x);
   const acc_t* m_base = m.data_ptr<acc_t>();
   scalar_t* out_base = out.data_ptr<scalar_t>();
   const int64_t work = std::min(kRowsPerTask, rows) * inner * len;

@@ -79,6 +79,14 @@ void normalize_backward(const acc_t* s, const acc_t* ds, const acc_t* norms, con
   }
 }
 
+// The channel side packs the transposes too when its rows are short (see channel_gram).
+bool uses_columns(bool spatial, int64_t len) { return !spatial && !tiles::prefer_row_dots(len); }
+
+// Scratch values NormalizedRows takes.
+int64_t normalized_rows_size(int64_t count, int64_t len, bool columns) {
+  return count * (1 + len * (columns ? 2 : 1));
+}
+
 // A channel-side Gram coef · A Bᵀ (C_a × C_b) of normalized rows: reduced or written to out.
 template <typename acc_t, typename scalar_t>
 double channel_gram(const NormalizedRows<acc_t, scalar_t>& a,
@@ -107,8 +115,7 @@ double forward_sample(const at::Tensor& f_s, const at::Tensor& f_t, int64_t b, b
   const int64_t c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
   for (int64_t i = 0; i < c_s; ++i) norm_s[i] = row_norm<acc_t>(f_s_rows, i);
   for (int64_t i = 0; i < c_t; ++i) norm_t[i] = row_norm<acc_t>(f_t_rows, i);
-  // The channel side packs the transposes too when its rows are short (see channel_gram).
-  const bool columns = !spatial && !tiles::prefer_row_dots(len);
+  const bool columns = uses_columns(spatial, len);
   const NormalizedRows<acc_t, scalar_t> s(f_s_rows, c_s, norm_s, columns, scratch);
   const NormalizedRows<acc_t, scalar_t> t(f_t_rows, c_t, norm_t, columns, scratch);
   if (spatial) {  // Σ (SᵀS/C_s − TᵀT/C_t)², Sᵀ read from S's rows with swapped strides
@@ -137,7 +144,7 @@ void backward_sample(const at::Tensor& f_s, const at::Tensor& f_t, const at::Ten
   const int64_t c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
   const acc_t* ns = norm_s.data_ptr<acc_t>() + b * c_s;
   const acc_t* nt = norm_t.data_ptr<acc_t>() + b * c_t;
-  const bool columns = !args.spatial && !tiles::prefer_row_dots(len);
+  const bool columns = uses_columns(args.spatial, len);
   const NormalizedRows<acc_t, scalar_t> s(SampleRows<scalar_t>(f_s, b), c_s, ns, columns, scratch);
   const NormalizedRows<acc_t, scalar_t> t(SampleRows<scalar_t>(f_t, b), c_t, nt, columns, scratch);
   acc_t* ds = scratch;
@@ -202,7 +209,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cpu(const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_forward_cpu",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ThreadScratch<acc_t> scratch((c_s + c_t) * (2 * len + 1), f_s);
+    const bool columns = uses_columns(spatial, len);
+    ThreadScratch<acc_t> scratch(normalized_rows_size(c_s, len, columns) +
+                                     normalized_rows_size(c_t, len, columns),
+                                 f_s);
     acc_t* ns = norm_s.data_ptr<acc_t>();
     acc_t* nt = norm_t.data_ptr<acc_t>();
     at::parallel_for(0, batch, grain_for(sample_work(c_s, c_t, len, spatial)),
@@ -233,11 +243,16 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
   };
   at::Tensor grad_s = at::empty(grad_shape(need_s, c_s), f_s.options());
   at::Tensor grad_t = at::empty(grad_shape(need_t, c_t), f_t.options());
-  const int64_t grams = spatial ? 2 * len * len : c_s * c_s + c_s * c_t;
+  // Per sample: the normalized rows, dS and dT, and P_s (+ E) or S Tᵀ (+ S Sᵀ).
+  const bool columns = uses_columns(spatial, len);
+  const int64_t grams =
+      spatial ? (need_s ? 2 : 1) * len * len : c_s * c_t + (need_s ? c_s * c_s : 0);
+  const int64_t per_thread = normalized_rows_size(c_s, len, columns) +
+                             normalized_rows_size(c_t, len, columns) + (c_s + c_t) * len + grams;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_backward_cpu",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    ThreadScratch<acc_t> scratch((c_s + c_t) * (4 * len + 1) + grams, f_s);
+    ThreadScratch<acc_t> scratch(per_thread, f_s);
     at::parallel_for(0, batch, grain_for(2 * sample_work(c_s, c_t, len, spatial)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {

@@ -79,10 +79,13 @@ _matrix.register_autograd(_matrix_autograd_backward, setup_context=_matrix_setup
 def _loss_setup_context(ctx, inputs, output):
     bot_s, top_s, bot_t, top_t, _keep_diff = inputs
     ctx.save_for_backward(bot_s, top_s, bot_t, top_t, output[1])
+    ctx.set_materialize_grads(False)  # no zeros of D's size for the unused gradient of D
 
 
 def _loss_autograd_backward(ctx, grad_loss, _grad_diff):
     bot_s, top_s, bot_t, top_t, diff = ctx.saved_tensors
+    if grad_loss is None:
+        return None, None, None, None, None
     if diff.numel() == 0:  # the forward was asked not to keep D: recompute it
         diff = _forward(bot_s, top_s, bot_t, top_t, True)[1]
     k = 2.0 / diff.numel()

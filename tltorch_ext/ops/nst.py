@@ -57,11 +57,14 @@ def _setup_context(ctx, inputs, output):
     _loss, norm_s, norm_t = output
     ctx.save_for_backward(f_s, f_t, norm_s, norm_t)
     ctx.spatial = spatial
+    ctx.set_materialize_grads(False)  # the norms' gradients are unused: no zeros for them
 
 
 def _autograd_backward(ctx, grad_loss, _grad_norm_s, _grad_norm_t):
     f_s, f_t, norm_s, norm_t = ctx.saved_tensors
     need_s, need_t = ctx.needs_input_grad[:2]
+    if grad_loss is None:
+        return None, None, None
     grad_s, grad_t = _backward(grad_loss, f_s, f_t, norm_s, norm_t, ctx.spatial, need_s, need_t)
     return grad_s if need_s else None, grad_t if need_t else None, None
 
