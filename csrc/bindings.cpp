@@ -19,8 +19,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bss_forward_cuda", &bss_forward_cuda, "BSS forward on CUDA: (penalty, vectors)");
   m.def("bss_backward_cuda", &bss_backward_cuda, "BSS backward on CUDA: grad_feature");
 #endif
+  m.def("fsp_matrix_cpu", &fsp_matrix_cpu);
+  m.def("fsp_forward_cpu", &fsp_forward_cpu);
+  m.def("fsp_backward_cpu", &fsp_backward_cpu);
+  m.def("nst_forward_cpu", &nst_forward_cpu);
+  m.def("nst_backward_cpu", &nst_backward_cpu);
 #ifdef WITH_CUDA
   m.attr("WITH_CUDA") = true;
+  m.def("fsp_matrix_cuda", &fsp_matrix_cuda);
+  m.def("fsp_forward_cuda", &fsp_forward_cuda);
+  m.def("fsp_backward_cuda", &fsp_backward_cuda);
+  m.def("nst_forward_cuda", &nst_forward_cuda);
+  m.def("nst_backward_cuda", &nst_backward_cuda);
 #else
   m.attr("WITH_CUDA") = false;
 #endif

@@ -1,6 +1,8 @@
 """distill: knowledge distillation losses (SPEC §4)."""
 from .crd import CRDLoss, ContrastLoss, ContrastMemory, Embed
+from .fsp import FSP
 from .kd import KDLoss
+from .nst import NSTLoss
 from .ofd import OFD, pre_relu_features
 
 __all__ = [
@@ -8,7 +10,9 @@ __all__ = [
     "ContrastLoss",
     "ContrastMemory",
     "Embed",
+    "FSP",
     "KDLoss",
+    "NSTLoss",
     "OFD",
     "pre_relu_features",
 ]

@@ -1,5 +1,7 @@
 """Hot-path operators: torch.ops.tltorch_ext.*, one module per op family."""
 from .bss import bss_penalty
+from .fsp import fsp_loss, fsp_matrix
+from .nst import nst_loss
 from .stoch_norm import stoch_norm, update_running_stats
 
-__all__ = ["bss_penalty", "stoch_norm", "update_running_stats"]
+__all__ = ["bss_penalty", "fsp_loss", "fsp_matrix", "nst_loss", "stoch_norm", "update_running_stats"]
