@@ -119,16 +119,24 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    # On CPU, replay the profiler's per-op allocations and frees in time order.
+    # On CPU, the profiler's allocation records carry the allocator's running total.
+    from torch._C._profiler import _EventType  # noqa: PLC0415
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
+    allocations, nodes = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while nodes:
+        node = nodes.pop()
+        if node.tag == _EventType.Allocation:
+            fields = node.extra_fields
+            allocations.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
+        nodes.extend(node.children)
+    if not allocations:
+        return 0.0
+    allocations.sort()
+    _, first_total, first_size = allocations[0]
+    return (max(total for _, total, _ in allocations) - (first_total - first_size)) / 2**20
 
 
 @contextlib.contextmanager
