@@ -91,8 +91,8 @@ def set_recompile_limit(cases: int) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * cases)
 
 
-@register("fsp")
-def fsp_cases(device: torch.device, quick: bool):
+def feature_map_cases(device: torch.device, quick: bool, make_case):
+    """FSP's and NST's grid: every shape × dtype × (forward, forward+backward), by ``make_case``."""
     shapes = CIFAR + (RESNET50 if device.type == "cuda" else [])
     dtypes = (torch.float32, torch.bfloat16)
     passes = (False, True)
@@ -102,4 +102,9 @@ def fsp_cases(device: torch.device, quick: bool):
     for shape in shapes:
         for dtype in dtypes:
             for backward in passes:
-                yield _case(shape, dtype, backward, device)
+                yield make_case(shape, dtype, backward, device)
+
+
+@register("fsp")
+def fsp_cases(device: torch.device, quick: bool):
+    return feature_map_cases(device, quick, _case)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.nst import nst_loss, spatial_side_is_cheaper
-from .fsp import (BROADCAST_LIMIT_BYTES, CIFAR, DTYPE_NAMES, RESNET50, runner,
-                  set_recompile_limit, student_teacher_maps)
+from .fsp import (BROADCAST_LIMIT_BYTES, DTYPE_NAMES, feature_map_cases, runner,
+                  student_teacher_maps)
 from .harness import Case, register, with_backends
 
 
@@ -71,13 +71,4 @@ def _case(shape, dtype, backward, device) -> Case:
 
 @register("nst")
 def nst_cases(device: torch.device, quick: bool):
-    shapes = CIFAR + (RESNET50 if device.type == "cuda" else [])
-    dtypes = (torch.float32, torch.bfloat16)
-    passes = (False, True)
-    if quick:  # the CPU acceptance set: CIFAR, float32, forward+backward
-        shapes, dtypes, passes = CIFAR, dtypes[:1], (True,)
-    set_recompile_limit(len(shapes) * len(dtypes) * len(passes))
-    for shape in shapes:
-        for dtype in dtypes:
-            for backward in passes:
-                yield _case(shape, dtype, backward, device)
+    return feature_map_cases(device, quick, _case)
