@@ -299,3 +299,11 @@ def test_gpu_opcheck(backend):
     with tltorch_ext.set_backend(backend):
         torch.library.opcheck(OPS.fsp_forward.default, (args[0], args[1], args[0], args[1], True))
         torch.library.opcheck(OPS.fsp_matrix.default, tuple(args))
+
+
+def test_flattened_and_4d_maps_of_the_same_size_mix():
+    bot, top = torch.randn(2, 3, 4, 5), torch.randn(2, 6, 20)
+    expected = torch.bmm(top, bot.flatten(2).transpose(1, 2)) / 20
+    torch.testing.assert_close(tltorch_ext.ops.fsp_matrix(bot, top), expected)
+    with pytest.raises(ValueError, match="same spatial size"):
+        tltorch_ext.ops.fsp_matrix(bot, torch.randn(2, 6, 21))

@@ -525,3 +525,15 @@ def test_gpu_module_and_opcheck(backend):
         torch.library.opcheck(torch.ops.tltorch_ext.stoch_norm_forward.default,
                               (xs, params["weight"], params["bias"], params["running_mean"],
                                params["running_var"], mask, EPS))
+
+
+def test_update_running_stats_rejects_bad_arguments():
+    from tltorch_ext.ops import update_running_stats
+
+    mean, var = torch.zeros(3), torch.ones(3)
+    with pytest.raises(ValueError, match="count must be at least 2"):
+        update_running_stats(mean, var, mean.clone(), var.clone(), 1, 0.1)
+    with pytest.raises(ValueError, match="batch_var must have running_mean's shape"):
+        update_running_stats(mean, var, mean.clone(), torch.ones(4), 8, 0.1)
+    with pytest.raises(ValueError, match="is on meta"):
+        update_running_stats(mean, var, mean.clone(), torch.ones(3, device="meta"), 8, 0.1)

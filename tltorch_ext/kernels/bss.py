@@ -274,6 +274,8 @@ def _backward_kernel(a_ptr, vectors_ptr, grad_penalty_ptr, out_ptr, m, length, k
             inside = (rm[:, None] < m) & (rl[None, :] < length)
             grad = scale * grad + tl.load(dst, mask=inside & (k0 > 0), other=0.0)
             tl.store(dst, grad, mask=inside)
+        # The next k-block reloads these tiles: make this block's stores visible to every thread.
+        tl.debug_barrier()
 
 
 def _gram(feature: torch.Tensor, out: torch.Tensor, stride_out_batch: int, stride_out_row: int):

@@ -7,6 +7,7 @@ Every backend exposes the same functions with the same signatures:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -19,9 +20,19 @@ _PACKAGES = {"reference": "tltorch_ext.reference", "triton": "tltorch_ext.kernel
 def implementation(op: str, fn: str, device: torch.device):
     """The function ``fn`` of ``op`` in the backend resolved for ``device``."""
     backend = _backend.resolve(op, device)
-    if backend in _PACKAGES:
-        return getattr(importlib.import_module(f"{_PACKAGES[backend]}.{op}"), fn)
-    return getattr(_ext.extension(), f"{op}_{fn}_{backend}")
+    if backend not in _PACKAGES:
+        return getattr(_ext.extension(), f"{op}_{fn}_{backend}")
+    function = getattr(importlib.import_module(f"{_PACKAGES[backend]}.{op}"), fn)
+    if backend == "triton" and device.type == "cuda":
+        # Triton launches on the current device: make it the tensors' one (the C++ side has
+        # its CUDAGuard).
+        return functools.partial(_on_device, function, device)
+    return function
+
+
+def _on_device(function, device, *args):
+    with torch.cuda.device(device):
+        return function(*args)
 
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:

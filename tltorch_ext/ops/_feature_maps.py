@@ -1,6 +1,8 @@
 """Argument checks shared by the feature-map ops (FSP, NST): maps are (B, C, H, W) or (B, C, HW)."""
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ._dispatch import check_floating
@@ -19,7 +21,10 @@ def as_maps(name: str, t: Tensor) -> Tensor:
 
 
 def check_same_spatial(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    if a.shape[2:] != b.shape[2:]:
+    """Same (H, W), or the same HW where one of the two is already flattened."""
+    same = (a.shape[2:] == b.shape[2:] if a.dim() == b.dim()
+            else math.prod(a.shape[2:]) == math.prod(b.shape[2:]))
+    if not same:
         raise ValueError(
             f"{name_a} and {name_b} must have the same spatial size, got {tuple(a.shape)} and "
             f"{tuple(b.shape)}; pool the larger one first (the FSP/NST modules do)")

@@ -148,4 +148,14 @@ def stoch_norm(
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count, factor):
     """running ← (1 − factor)·running + factor·batch, with the unbiased batch variance
     (batch_var is the biased one over ``count`` values per channel)."""
+    if int(count) < 2:
+        raise ValueError(f"count must be at least 2 values per channel, got {count}")
+    channels = running_mean.shape
+    for name, t in (("running_var", running_var), ("batch_mean", batch_mean),
+                    ("batch_var", batch_var)):
+        if t.shape != channels:
+            raise ValueError(f"{name} must have running_mean's shape {tuple(channels)}, "
+                             f"got {tuple(t.shape)}")
+    check_same_device("running_mean", running_mean, running_var=running_var,
+                      batch_mean=batch_mean, batch_var=batch_var)
     _update_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), float(factor))
