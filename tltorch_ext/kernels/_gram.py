@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops._dispatch import stat_dtype
+
 EPS = 1e-12
 # Scale placement codes (constexpr): on A none / M / K, on B none / K / N.
 _NONE, _A_ON_M, _A_ON_K = 0, 1, 2
@@ -198,7 +200,7 @@ def run(products: Sequence[Product], *, out: Optional[torch.Tensor] = None,
         if p.a.shape[0] != m or p.b.shape[1] != n or p.a.shape[1] != p.b.shape[0]:
             raise ValueError(f"incompatible product shapes {p.a.shape} · {p.b.shape} for {m}×{n}")
     data = first.a.data
-    acc = torch.float64 if data.dtype == torch.float64 else torch.float32
+    acc = stat_dtype(data.dtype)
     cfg = _config(acc, data.device)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     dummy = torch.empty(1, device=data.device, dtype=acc)

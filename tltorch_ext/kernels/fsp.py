@@ -14,11 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..ops._dispatch import stat_dtype
 from ._gram import Operand, Product, run
-
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _gram_product(bot: Tensor, top: Tensor, sign: float = 1.0) -> Product:
@@ -35,7 +32,7 @@ def matrix(bot: Tensor, top: Tensor) -> Tensor:
 def forward(bot_s: Tensor, top_s: Tensor, bot_t: Tensor, top_t: Tensor,
             keep_diff: bool) -> tuple[Tensor, Tensor]:
     shape = (top_s.shape[0], top_s.shape[1], bot_s.shape[1])
-    diff = top_s.new_empty(shape if keep_diff else (0,), dtype=_acc(top_s))
+    diff = top_s.new_empty(shape if keep_diff else (0,), dtype=stat_dtype(top_s.dtype))
     total = run([_gram_product(bot_s, top_s), _gram_product(bot_t, top_t, -1.0)],
                 out=diff if keep_diff else None, reduce=True)
     return (total / (shape[0] * shape[1] * shape[2])).to(top_s.dtype), diff

@@ -21,13 +21,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..ops._dispatch import stat_dtype
 from ._gram import EPS, Operand, Product, run
 
 _ROW_BLOCK = 1024
-
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -73,7 +70,7 @@ def _row_block(length: int) -> int:
 
 
 def _row_norms(f: Tensor) -> Tensor:
-    out = f.new_empty(f.shape[:2], dtype=_acc(f))
+    out = f.new_empty(f.shape[:2], dtype=stat_dtype(f.dtype))
     _row_norm_kernel[(f.shape[0] * f.shape[1],)](f, *f.stride(), out, f.shape[1], f.shape[2],
                                                  BLOCK=_row_block(f.shape[2]))
     return out

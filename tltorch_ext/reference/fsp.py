@@ -13,14 +13,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from ..ops._dispatch import stat_dtype
 
 
 def _gram(bot: Tensor, top: Tensor) -> Tensor:
     """top · botᵀ / HW in the accumulation dtype."""
-    acc = _acc(top)
+    acc = stat_dtype(top.dtype)
     return torch.bmm(top.to(acc), bot.to(acc).transpose(1, 2)).div_(top.shape[-1])
 
 
@@ -44,7 +42,7 @@ def backward(m: Tensor, x: Tensor, transpose_m: bool, alpha: float,
 
     M is (B, R, J) (or (B, J, R) transposed), X (B, J, L); ``grad`` an optional scalar tensor.
     """
-    acc = _acc(x)
+    acc = stat_dtype(x.dtype)
     m = m.to(acc)
     out = torch.bmm(m.transpose(1, 2) if transpose_m else m, x.to(acc)).mul_(alpha)
     if grad is not None:

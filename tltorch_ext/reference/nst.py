@@ -20,11 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops._dispatch import stat_dtype
+
 EPS = 1e-12
-
-
-def _acc(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _normalized(f: Tensor, norm: Tensor) -> Tensor:
@@ -39,7 +37,7 @@ def _self_gram(x: Tensor, spatial: bool) -> Tensor:
 def forward(f_s: Tensor, f_t: Tensor, spatial: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(loss in the inputs' dtype, ‖f_s rows‖ (B, C_s), ‖f_t rows‖ (B, C_t)); norms in the
     accumulation dtype."""
-    acc = _acc(f_s)
+    acc = stat_dtype(f_s.dtype)
     norm_s = torch.linalg.vector_norm(f_s.to(acc), dim=-1)
     norm_t = torch.linalg.vector_norm(f_t.to(acc), dim=-1)
     s, t = _normalized(f_s, norm_s), _normalized(f_t, norm_t)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from ..ops._dispatch import stat_dtype
 
 
 def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +22,7 @@ def forward(x, weight, bias, running_mean, running_var, mask, eps):
     batch_mean/batch_var (biased) feed the running-statistics update. All in float32 (float64 for
     float64 input).
     """
-    acc = _accumulation_dtype(x)
+    acc = stat_dtype(x.dtype)
     xf = x.to(acc)
     dims = [0] + list(range(2, x.dim()))
     var, mean = torch.var_mean(xf, dim=dims, correction=0)
