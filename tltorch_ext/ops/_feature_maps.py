@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor
 
-from ._dispatch import check_floating
+from ._dispatch import check_floating, check_same_device
 
 
 def as_maps(name: str, t: Tensor) -> Tensor:
@@ -40,6 +40,4 @@ def check_same_batch_dtype_device(**maps: Tensor) -> None:
         if t.dtype != first.dtype:
             raise TypeError(f"{name} is {t.dtype} but {first_name} is {first.dtype}; "
                             "all maps of one call must share a dtype")
-        if t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
-                             "all maps of one call must be on the same device")
+    check_same_device(first_name, first, **dict(others))
