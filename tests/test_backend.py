@@ -39,3 +39,17 @@ def test_compiled_backend_requires_the_op_in_the_build(monkeypatch):
     monkeypatch.setattr(_ext, "has_op", lambda op, backend: False)
     assert "cpu" not in tltorch_ext.available_backends("cpu", op="stoch_norm")
     assert _backend.resolve("stoch_norm", "cpu") == "reference"
+
+
+def test_recorded_auto_order_is_merged_and_used(tmp_path, monkeypatch):
+    table = tmp_path / "auto_backends.json"
+    table.write_text('{"bss": {"cpu": ["reference", "cpu"]}}')
+    monkeypatch.setattr(_backend, "AUTO_TABLE", table)
+    _backend._auto_table.cache_clear()
+    try:
+        _backend.record_auto_orders({"bss": {"cuda": ["triton", "cuda"]}})
+        assert _backend.auto_order("bss", "cpu") == ("reference", "cpu")
+        assert _backend.auto_order("bss", "cuda") == ("triton", "cuda")
+        assert _backend.resolve("bss", "cpu") == "reference"
+    finally:
+        _backend._auto_table.cache_clear()

@@ -108,6 +108,16 @@ def _auto_table() -> dict:
         return {}
 
 
+def record_auto_orders(orders: dict[str, dict[str, list[str]]]) -> None:
+    """Merge measured orders {op: {device_type: [fastest backend first, ...]}} into
+    ``auto_backends.json`` (what ``tltorch-ext bench --update-auto`` records)."""
+    table = dict(_auto_table())
+    for op, per_device in orders.items():
+        table[op] = {**table.get(op, {}), **per_device}
+    AUTO_TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    _auto_table.cache_clear()
+
+
 def auto_order(op: str, device_type: str) -> tuple[str, ...]:
     """Backends ``auto`` tries for ``op`` on ``device_type``, fastest measured first."""
     measured = _auto_table().get(op, {}).get(device_type)

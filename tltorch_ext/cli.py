@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,10 +30,7 @@ def _bench(args) -> int:
     if args.update_auto:
         from . import _backend  # noqa: PLC0415
 
-        table = json.loads(_backend.AUTO_TABLE.read_text()) if _backend.AUTO_TABLE.exists() else {}
-        for op, per_device in harness.fastest_backends(results, device.type).items():
-            table.setdefault(op, {}).update(per_device)
-        _backend.AUTO_TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        _backend.record_auto_orders(harness.fastest_backends(results, device.type))
         print(f"updated {_backend.AUTO_TABLE}")
     return 0
 
