@@ -100,25 +100,18 @@ _STOCHNORM_OF = {
 }
 
 
-def _replacement(bn: _BatchNorm, p: float) -> _StochNorm:
-    param = bn.weight if bn.weight is not None else bn.running_mean
-    new = _STOCHNORM_OF[type(bn)](
-        bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, p,
-        device=param.device if param is not None else None,
-        dtype=param.dtype if param is not None else None,
-    )
-    with torch.no_grad():
-        if bn.affine:
-            new.weight.copy_(bn.weight)
-            new.bias.copy_(bn.bias)
-            new.weight.requires_grad_(bn.weight.requires_grad)
-            new.bias.requires_grad_(bn.bias.requires_grad)
-        if bn.track_running_stats:
-            new.running_mean.copy_(bn.running_mean)
-            new.running_var.copy_(bn.running_var)
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
-    new.train(bn.training)
-    return new
+def rebuilt_as(norm: _BatchNorm, cls, *args) -> _BatchNorm:
+    """``cls(norm's BatchNorm arguments, *args)`` on norm's device and dtype, carrying its affine
+    parameters (and their ``requires_grad``), running statistics, ``num_batches_tracked`` and
+    training flag."""
+    like = norm.weight if norm.weight is not None else norm.running_mean
+    new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
+              *args, device=None if like is None else like.device,
+              dtype=None if like is None else like.dtype)
+    new.load_state_dict(norm.state_dict())
+    for name, param in norm.named_parameters(recurse=False):
+        getattr(new, name).requires_grad_(param.requires_grad)
+    return new.train(norm.training)
 
 
 def convert_model(module: nn.Module, p: float) -> nn.Module:
@@ -127,7 +120,7 @@ def convert_model(module: nn.Module, p: float) -> nn.Module:
     ``requires_grad``. Returns the module (``module`` itself is returned replaced when it is a
     BatchNorm)."""
     if type(module) in _STOCHNORM_OF:
-        return _replacement(module, p)
+        return rebuilt_as(module, _STOCHNORM_OF[type(module)], p)
     for name, child in module.named_children():
         setattr(module, name, convert_model(child, p))
     return module

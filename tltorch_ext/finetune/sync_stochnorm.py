@@ -18,7 +18,7 @@ from ..distributed import _check_group, is_distributed
 from ..ops._dispatch import check_floating, check_same_device, stat_dtype
 from ..ops.stoch_norm import update_running_stats
 from ..reference.stoch_norm import _per_channel
-from .stochnorm import _StochNorm
+from .stochnorm import _StochNorm, rebuilt_as
 
 __all__ = ["SyncStochNorm", "sync_stoch_norm"]
 
@@ -223,19 +223,7 @@ class SyncStochNorm(_StochNorm):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         _check_group(process_group)
         if isinstance(module, _StochNorm) and not isinstance(module, SyncStochNorm):
-            return cls._from_stochnorm(module, process_group)
+            return rebuilt_as(module, cls, module.p, process_group)
         for name, child in module.named_children():
             setattr(module, name, cls.convert_sync_stochnorm(child, process_group))
         return module
-
-    @classmethod
-    def _from_stochnorm(cls, norm: _StochNorm, process_group) -> "SyncStochNorm":
-        like = norm.weight if norm.weight is not None else norm.running_mean
-        sync = cls(norm.num_features, norm.eps, norm.momentum, norm.affine,
-                   norm.track_running_stats, norm.p, process_group,
-                   device=None if like is None else like.device,
-                   dtype=None if like is None else like.dtype)
-        sync.load_state_dict(norm.state_dict())
-        for name, param in norm.named_parameters(recurse=False):
-            getattr(sync, name).requires_grad_(param.requires_grad)
-        return sync.train(norm.training)
