@@ -43,8 +43,13 @@ def _as_device_type(device) -> str:
     return torch.device(device).type
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_usable(device_type: str) -> bool:
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return False
     if device_type == "cuda":
         return torch.cuda.is_available()
