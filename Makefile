@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(VENV)/bin/tltorch-ext bench
 
 # Wherever nvcc exists (no GPU needed): compiles the torch-free CUDA kernels with CMake (ptxas
-# report, warnings as errors), then syntax-checks the torch-including CUDA binding against the
+# report, warnings as errors), then syntax-checks the torch-including CUDA bindings against the
 # installed torch headers. A CPU torch wheel lacks one generated CUDA header, stubbed here.
 CUDA_STUB := build/cuda-stub
 CUDA_HOME ?= /usr/local/cuda
@@ -36,7 +36,7 @@ cuda-check: $(STAMP)
 		g++ -std=c++20 -fsyntax-only -DWITH_CUDA -Icsrc -Icsrc/cuda -I$(CUDA_STUB) \
 			-I$(CUDA_HOME)/include \
 			$$($(PY) -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))") \
-			csrc/bindings.cpp csrc/cuda/bindings_cuda.cpp && echo "CUDA binding syntax check passed"; \
+			csrc/bindings.cpp csrc/cuda/*_binding.cpp && echo "CUDA binding syntax check passed"; \
 	else echo "nvcc not found: CUDA compile check skipped"; fi
 
 test: $(STAMP) cuda-check

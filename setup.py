@@ -25,7 +25,7 @@ def extension():
         return CppExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
     # Default to the Hopper and Ampere targets unless the user chose with TORCH_CUDA_ARCH_LIST.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    sources += sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/bindings_cuda.cpp"]
+    sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_binding.cpp"))
     return CUDAExtension(
         sources=sources,
         define_macros=[("WITH_CUDA", None)],

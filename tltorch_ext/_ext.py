@@ -1,4 +1,5 @@
-"""Access to the compiled extension ``tltorch_ext._C``.
+"""Access to the compiled extension ``tltorch_ext._C`` and the ops it registers
+(``torch.ops.tltorch_ext_C.<op>_<fn>``).
 
 The package works without it (reference and Triton backends); the first time a C++ backend is
 looked for and the extension is missing, one warning says why.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+
+import torch
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +50,18 @@ def has_cuda() -> bool:
     return module is not None and bool(getattr(module, "WITH_CUDA", False))
 
 
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
 def has_op(op: str, backend: str) -> bool:
-    """Whether the compiled module has ``op``'s forward for ``backend`` ('cpu' or 'cuda')."""
-    module = extension()
-    return module is not None and hasattr(module, f"{op}_forward_{backend}")
+    """Whether the compiled module registered a ``backend`` ('cpu' or 'cuda') kernel for ``op``'s
+    forward (a stale build may predate the op)."""
+    return (extension() is not None and hasattr(torch.ops.tltorch_ext_C, f"{op}_forward")
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"tltorch_ext_C::{op}_forward",
+                                                                _DISPATCH_KEYS[backend]))
+
+
+def compiled_op(op: str, fn: str):
+    """``torch.ops.tltorch_ext_C.<op>_<fn>``: the registered C++/CUDA kernels of ``op``'s ``fn``."""
+    extension()  # loading _C registers the ops
+    return getattr(torch.ops.tltorch_ext_C, f"{op}_{fn}")

@@ -12,13 +12,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "ops.h"
+#include "bss.h"
 
 namespace tltorch_ext {
 namespace {
@@ -147,6 +148,17 @@ at::Tensor bss_backward_cpu(const at::Tensor& grad_penalty, const at::Tensor& fe
         }
       });
   return grad;
+}
+
+// The schemas are defined here, with the CPU kernels; csrc/cuda/bss_binding.cpp adds CUDA ones.
+TORCH_LIBRARY_FRAGMENT(tltorch_ext_C, m) {
+  m.def("bss_forward(Tensor feature, int k) -> (Tensor, Tensor)");
+  m.def("bss_backward(Tensor grad_penalty, Tensor feature, Tensor vectors) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tltorch_ext_C, CPU, m) {
+  m.impl("bss_forward", &bss_forward_cpu);
+  m.impl("bss_backward", &bss_backward_cpu);
 }
 
 }  // namespace tltorch_ext

@@ -7,16 +7,17 @@
 // registers (the difference is formed on the fly) and is squared there, so neither Gram is
 // stored (D = G_s − G_t is written only when asked). Backward products α·op(M)·X use the same
 // kernel. Accumulation is float32 (double for double inputs); the task sums are added in double.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <numeric>
 #include <vector>
 
 #include "feature_rows.h"
 #include "tile_products.h"
-#include "ops.h"
 
 namespace tltorch_ext {
 namespace {
@@ -179,6 +180,20 @@ at::Tensor fsp_backward_cpu(const at::Tensor& m, const at::Tensor& x, bool trans
     apply_tasks<scalar_t>(m.to(acc_type(x)).contiguous(), x, transpose_m, scale, out);
   });
   return out;
+}
+
+// The schemas are defined here, with the CPU kernels; csrc/cuda/fsp_binding.cpp adds CUDA ones.
+TORCH_LIBRARY_FRAGMENT(tltorch_ext_C, m) {
+  m.def("fsp_matrix(Tensor bot, Tensor top) -> Tensor");
+  m.def("fsp_forward(Tensor bot_s, Tensor top_s, Tensor bot_t, Tensor top_t, bool keep_diff)"
+        " -> (Tensor, Tensor)");
+  m.def("fsp_backward(Tensor m, Tensor x, bool transpose_m, float alpha, Tensor? grad) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tltorch_ext_C, CPU, m) {
+  m.impl("fsp_matrix", &fsp_matrix_cpu);
+  m.impl("fsp_forward", &fsp_forward_cpu);
+  m.impl("fsp_backward", &fsp_backward_cpu);
 }
 
 }  // namespace tltorch_ext

@@ -8,9 +8,11 @@
 // Backward recomputes the normalized rows and one sample's Grams (P_s and E, or S Sᵀ and S Tᵀ) in
 // scratch, applies them to S and T with the same kernel, and takes the result through the
 // normalization row by row. Accumulation is float32 (double for double inputs).
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,7 +21,6 @@
 
 #include "feature_rows.h"
 #include "tile_products.h"
-#include "ops.h"
 
 namespace tltorch_ext {
 namespace {
@@ -262,6 +263,18 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
     });
   });
   return {grad_s, grad_t};
+}
+
+// The schemas are defined here, with the CPU kernels; csrc/cuda/nst_binding.cpp adds CUDA ones.
+TORCH_LIBRARY_FRAGMENT(tltorch_ext_C, m) {
+  m.def("nst_forward(Tensor f_s, Tensor f_t, bool spatial) -> (Tensor, Tensor, Tensor)");
+  m.def("nst_backward(Tensor grad, Tensor f_s, Tensor f_t, Tensor norm_s, Tensor norm_t, "
+        "bool spatial, bool need_s, bool need_t) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tltorch_ext_C, CPU, m) {
+  m.impl("nst_forward", &nst_forward_cpu);
+  m.impl("nst_backward", &nst_backward_cpu);
 }
 
 }  // namespace tltorch_ext

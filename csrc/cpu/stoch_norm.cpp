@@ -10,13 +10,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
-#include "ops.h"
+#include "stoch_norm.h"
 
 namespace tltorch_ext {
 namespace {
@@ -400,6 +401,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
     affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout, coefficients);
   });
   return a.outputs();
+}
+
+// The schemas are defined here, with the CPU kernels; csrc/cuda/stoch_norm_binding.cpp adds
+// CUDA ones.
+TORCH_LIBRARY_FRAGMENT(tltorch_ext_C, m) {
+  m.def("stoch_norm_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor running_mean, "
+        "Tensor running_var, Tensor mask, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("stoch_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mask, "
+        "Tensor save_mean, Tensor save_invstd) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tltorch_ext_C, CPU, m) {
+  m.impl("stoch_norm_forward", &stoch_norm_forward_cpu);
+  m.impl("stoch_norm_backward", &stoch_norm_backward_cpu);
 }
 
 }  // namespace tltorch_ext

@@ -59,9 +59,9 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, double v) { *p = __doubl
 
 __device__ void store_as(void* base, DType dtype, int64_t index, double v) {
   switch (dtype) {
-    case DType::kFloat32: store(static_cast<float*>(base) + index, v); break;
-    case DType::kFloat64: store(static_cast<double*>(base) + index, v); break;
-    case DType::kFloat16: store(static_cast<__half*>(base) + index, v); break;
+    case DType::kFloat: store(static_cast<float*>(base) + index, v); break;
+    case DType::kDouble: store(static_cast<double*>(base) + index, v); break;
+    case DType::kHalf: store(static_cast<__half*>(base) + index, v); break;
     case DType::kBFloat16: store(static_cast<__nv_bfloat16*>(base) + index, v); break;
   }
 }
@@ -405,9 +405,9 @@ __global__ void __launch_bounds__(kJacobiThreads)
 cudaError_t launch_gram(const void* feature, DType dtype, Strided a, int64_t batch, int64_t m,
                         int64_t length, double* gram, cudaStream_t stream) {
   switch (dtype) {
-    case DType::kFloat32: return gram_typed<float>(feature, a, batch, m, length, gram, stream);
-    case DType::kFloat64: return gram_typed<double>(feature, a, batch, m, length, gram, stream);
-    case DType::kFloat16: return gram_typed<__half>(feature, a, batch, m, length, gram, stream);
+    case DType::kFloat: return gram_typed<float>(feature, a, batch, m, length, gram, stream);
+    case DType::kDouble: return gram_typed<double>(feature, a, batch, m, length, gram, stream);
+    case DType::kHalf: return gram_typed<__half>(feature, a, batch, m, length, gram, stream);
     case DType::kBFloat16:
       return gram_typed<__nv_bfloat16>(feature, a, batch, m, length, gram, stream);
   }
@@ -418,13 +418,13 @@ cudaError_t launch_backward(const void* feature, DType dtype, Strided a, int64_t
                             int64_t length, const void* vectors, int64_t k, const void* scale,
                             void* workspace, void* grad, cudaStream_t stream) {
   switch (dtype) {
-    case DType::kFloat32:
+    case DType::kFloat:
       return backward_typed<float, float>(feature, a, batch, m, length, vectors, k, scale,
                                           workspace, grad, stream);
-    case DType::kFloat64:
+    case DType::kDouble:
       return backward_typed<double, double>(feature, a, batch, m, length, vectors, k, scale,
                                             workspace, grad, stream);
-    case DType::kFloat16:
+    case DType::kHalf:
       return backward_typed<__half, float>(feature, a, batch, m, length, vectors, k, scale,
                                            workspace, grad, stream);
     case DType::kBFloat16:
@@ -460,7 +460,7 @@ cudaError_t launch_jacobi(const double* gram, int64_t batch, int64_t size, int64
                           double* packed, void* penalty, DType penalty_dtype, void* vectors,
                           DType vectors_dtype, cudaStream_t stream) {
   if (size < 1 || size > kMaxJacobi || k < 1 || k > size) return cudaErrorInvalidValue;
-  if (vectors_dtype != DType::kFloat32 && vectors_dtype != DType::kFloat64)
+  if (vectors_dtype != DType::kFloat && vectors_dtype != DType::kDouble)
     return cudaErrorInvalidValue;
   if (batch == 0) return cudaSuccess;
   const int64_t m = padded_size(size);

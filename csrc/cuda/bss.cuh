@@ -8,10 +8,12 @@
 
 #include <cstdint>
 
+#include "dtype.cuh"
+
 namespace tltorch_ext {
 namespace bss {
 
-enum class DType { kFloat32, kFloat64, kFloat16, kBFloat16 };
+using cuda::DType;
 
 // Largest Gram the Jacobi kernel solves (the caller falls back to an eigensolver beyond), and its
 // sweep cap (float64 Jacobi needs ≈ log2(m) + 3 sweeps: 11 at m = 256).

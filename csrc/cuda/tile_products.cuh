@@ -15,9 +15,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace tltorch_ext::cuda {
+#include "dtype.cuh"
 
-enum class DType : int { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
+namespace tltorch_ext::cuda {
 
 // Per sample b, element (i, j) at data + b * batch_stride + i * stride_i + j * stride_j.
 struct MatrixView {

@@ -1,12 +1,13 @@
 """Benchmark harness behind ``tltorch-ext bench`` and ``benchmarks/test_bench_*.py``.
 
-An op's cases live in ``tltorch_ext/benchmarking/<op>.py``: a generator decorated with
-``@register("<op>")`` that takes ``(device, quick)`` and yields :class:`Case` objects. A case is one
-workload (say "fwd+bwd 32x64x56x56 fp32 NCHW") and the candidates that compute it: each a
-zero-argument callable doing the work once (inputs made beforehand, outside the callable).
-:func:`with_backends` turns one callable into a candidate per tltorch_ext backend. The harness
-times every candidate (median over repetitions, CUDA events on GPU), measures its peak memory,
-and reports the speedup over the case's baseline and, given bytes or flops, the achieved rate.
+An op's cases live in ``tltorch_ext/benchmarking/<op>.py`` (found by its name, no list to edit):
+a generator decorated with ``@register("<op>")`` that takes ``(device, quick)`` and yields
+:class:`Case` objects. A case is one workload (say "fwd+bwd 32x64x56x56 fp32 NCHW") and the
+candidates that compute it: each a zero-argument callable doing the work once (inputs made
+beforehand, outside the callable). :func:`with_backends` turns one callable into a candidate per
+tltorch_ext backend. The harness times every candidate (median over repetitions, CUDA events on
+GPU), measures its peak memory, and reports the speedup over the case's baseline and, given bytes
+or flops, the achieved rate.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import os
+import pkgutil
 import platform
 import statistics
 import sys
@@ -26,7 +28,10 @@ import torch
 
 from .. import _backend
 
-OPS = ("stoch_norm", "fsp", "nst", "bss", "finetune_step")
+# Every module beside this one holds the cases of the op (or workload) it is named after: adding
+# an op's benchmark is adding its module.
+OPS = tuple(sorted(module.name for module in pkgutil.iter_modules([str(Path(__file__).parent)])
+                   if module.name != "harness"))
 _CASES: dict[str, Callable[[torch.device, bool], Iterable["Case"]]] = {}
 
 
