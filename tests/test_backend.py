@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import tltorch_ext
+import tltorch_ext.ops
 from tltorch_ext import _backend
 
 
@@ -53,3 +54,44 @@ def test_recorded_auto_order_is_merged_and_used(tmp_path, monkeypatch):
         assert _backend.resolve("bss", "cpu") == "reference"
     finally:
         _backend._auto_table.cache_clear()
+
+
+def _loss_of(op):
+    """A scalar loss through ``op``'s forward, and the leaf that needs its gradient."""
+    torch.manual_seed(0)
+    if op == "stoch_norm":
+        x = torch.randn(4, 3, 5, requires_grad=True)
+        return tltorch_ext.StochNorm1d(3, p=0.5)(x).square().sum(), x
+    if op == "bss":
+        x = torch.randn(6, 4, requires_grad=True)
+        return tltorch_ext.ops.bss_penalty(x, k=2), x
+    if op == "fsp":
+        x = torch.randn(2, 3, 4, 4, requires_grad=True)
+        return tltorch_ext.ops.fsp_loss(x, x * 2, x.detach().flip(0), x.detach()), x
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    return tltorch_ext.ops.nst_loss(x, x.detach().flip(0)), x
+
+
+@pytest.mark.parametrize("op", ["stoch_norm", "bss", "fsp", "nst"])
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_backward_runs_on_the_forward_backend(op, in_thread, monkeypatch):
+    """The backend in force at forward runs backward too: after the choice has changed, and in
+    a thread that never set it (autograd's worker threads resolve ``auto``)."""
+    import importlib
+    import threading
+
+    reference = importlib.import_module(f"tltorch_ext.reference.{op}")
+    calls = []
+    original = reference.backward
+    monkeypatch.setattr(reference, "backward",
+                        lambda *args: calls.append(op) or original(*args))
+    with tltorch_ext.set_backend("reference"):
+        loss, leaf = _loss_of(op)
+    if in_thread:
+        worker = threading.Thread(target=loss.backward)
+        worker.start()
+        worker.join()
+    else:
+        loss.backward()
+    assert calls, f"{op}'s backward left the reference backend its forward ran on"
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

@@ -129,10 +129,11 @@ def auto_order(op: str, device_type: str) -> tuple[str, ...]:
     return tuple(measured or _DEFAULT_AUTO_ORDER.get(device_type, ("reference",)))
 
 
-def resolve(op: str, device) -> str:
-    """The concrete backend that runs ``op`` for tensors on ``device``."""
+def resolve(op: str, device, name: str | None = None) -> str:
+    """The concrete backend that runs ``op`` for tensors on ``device``: ``name``'s, or the one in
+    force when it is None."""
     device_type = _as_device_type(device)
-    name = _current.get()
+    name = _current.get() if name is None else _check_name(name)
     available = available_backends(device_type, op)
     if name == "auto":
         return next((b for b in auto_order(op, device_type) if b in available), "reference")

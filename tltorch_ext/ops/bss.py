@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from ._dispatch import check_floating, implementation, stat_dtype
+from ._dispatch import check_floating, implementation, resolve_for_backward, stat_dtype
 
 OP = "bss"
 
@@ -30,13 +32,14 @@ def _(feature, k):
 
 
 @torch.library.custom_op("tltorch_ext::bss_backward", mutates_args=())
-def _backward(grad_penalty: Tensor, feature: Tensor, vectors: Tensor) -> Tensor:
-    fn = implementation(OP, "backward", feature.device)
+def _backward(grad_penalty: Tensor, feature: Tensor, vectors: Tensor,
+              backend: Optional[str] = None) -> Tensor:
+    fn = implementation(OP, "backward", feature.device, backend)
     return fn(grad_penalty.contiguous(), feature, vectors)
 
 
 @_backward.register_fake
-def _(grad_penalty, feature, vectors):
+def _(grad_penalty, feature, vectors, backend=None):
     return torch.empty_like(feature)
 
 
@@ -44,11 +47,12 @@ def _setup_context(ctx, inputs, output):
     feature, _k = inputs
     _penalty, vectors = output
     ctx.save_for_backward(feature, vectors)
+    ctx.backend = resolve_for_backward(OP, feature.device)
 
 
 def _autograd_backward(ctx, grad_penalty, _grad_vectors):
     feature, vectors = ctx.saved_tensors
-    return _backward(grad_penalty, feature, vectors), None
+    return _backward(grad_penalty, feature, vectors, ctx.backend), None
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import implementation, stat_dtype
+from ._dispatch import implementation, resolve_for_backward, stat_dtype
 from ._feature_maps import as_maps, check_same_batch_dtype_device, check_same_spatial
 
 OP = "fsp"
@@ -39,63 +39,66 @@ def _(bot, top):
 
 
 @torch.library.custom_op("tltorch_ext::fsp_forward", mutates_args=())
-def _forward(bot_s: Tensor, top_s: Tensor, bot_t: Tensor, top_t: Tensor,
-             keep_diff: bool) -> tuple[Tensor, Tensor]:
-    return implementation(OP, "forward", top_s.device)(bot_s, top_s, bot_t, top_t, keep_diff)
+def _forward(bot_s: Tensor, top_s: Tensor, bot_t: Tensor, top_t: Tensor, keep_diff: bool,
+             backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    fn = implementation(OP, "forward", top_s.device, backend)
+    return fn(bot_s, top_s, bot_t, top_t, keep_diff)
 
 
 @_forward.register_fake
-def _(bot_s, top_s, bot_t, top_t, keep_diff):
+def _(bot_s, top_s, bot_t, top_t, keep_diff, backend=None):
     shape = (top_s.shape[0], top_s.shape[1], bot_s.shape[1]) if keep_diff else (0,)
     return top_s.new_empty(()), top_s.new_empty(shape, dtype=stat_dtype(top_s.dtype))
 
 
 @torch.library.custom_op("tltorch_ext::fsp_backward", mutates_args=())
-def _backward(m: Tensor, x: Tensor, transpose_m: bool, alpha: float,
-              grad: Optional[Tensor]) -> Tensor:
-    return implementation(OP, "backward", x.device)(m, x, transpose_m, alpha, grad)
+def _backward(m: Tensor, x: Tensor, transpose_m: bool, alpha: float, grad: Optional[Tensor],
+              backend: Optional[str] = None) -> Tensor:
+    return implementation(OP, "backward", x.device, backend)(m, x, transpose_m, alpha, grad)
 
 
 @_backward.register_fake
-def _(m, x, transpose_m, alpha, grad):
+def _(m, x, transpose_m, alpha, grad, backend=None):
     return x.new_empty(x.shape[0], m.shape[2] if transpose_m else m.shape[1], x.shape[2])
 
 
 def _matrix_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    ctx.backend = resolve_for_backward(OP, inputs[1].device)
 
 
 def _matrix_autograd_backward(ctx, grad_g):
     bot, top = ctx.saved_tensors
     scale = 1.0 / top.shape[-1]
     need_bot, need_top = ctx.needs_input_grad
-    return (_backward(grad_g, top, True, scale, None) if need_bot else None,
-            _backward(grad_g, bot, False, scale, None) if need_top else None)
+    return (_backward(grad_g, top, True, scale, None, ctx.backend) if need_bot else None,
+            _backward(grad_g, bot, False, scale, None, ctx.backend) if need_top else None)
 
 
 _matrix.register_autograd(_matrix_autograd_backward, setup_context=_matrix_setup_context)
 
 
 def _loss_setup_context(ctx, inputs, output):
-    bot_s, top_s, bot_t, top_t, _keep_diff = inputs
+    bot_s, top_s, bot_t, top_t, _keep_diff, _backend = inputs
     ctx.save_for_backward(bot_s, top_s, bot_t, top_t, output[1])
+    ctx.backend = resolve_for_backward(OP, top_s.device)
     ctx.set_materialize_grads(False)  # no zeros of D's size for the unused gradient of D
 
 
 def _loss_autograd_backward(ctx, grad_loss, _grad_diff):
     bot_s, top_s, bot_t, top_t, diff = ctx.saved_tensors
     if grad_loss is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     if diff.numel() == 0:  # the forward was asked not to keep D: recompute it
-        diff = _forward(bot_s, top_s, bot_t, top_t, True)[1]
+        diff = _forward(bot_s, top_s, bot_t, top_t, True, ctx.backend)[1]
     k = 2.0 / diff.numel()
     grads = []
     for (bot, top), sign, needs in (((bot_s, top_s), 1.0, ctx.needs_input_grad[0:2]),
                                     ((bot_t, top_t), -1.0, ctx.needs_input_grad[2:4])):
         alpha = sign * k / top.shape[-1]
-        grads.append(_backward(diff, top, True, alpha, grad_loss) if needs[0] else None)
-        grads.append(_backward(diff, bot, False, alpha, grad_loss) if needs[1] else None)
-    return (*grads, None)
+        grads.append(_backward(diff, top, True, alpha, grad_loss, ctx.backend) if needs[0] else None)
+        grads.append(_backward(diff, bot, False, alpha, grad_loss, ctx.backend) if needs[1] else None)
+    return (*grads, None, None)
 
 
 _forward.register_autograd(_loss_autograd_backward, setup_context=_loss_setup_context)

@@ -17,10 +17,12 @@ Autograd is registered once here, whatever backend runs the forward.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from ._dispatch import implementation, stat_dtype
+from ._dispatch import implementation, resolve_for_backward, stat_dtype
 from ._feature_maps import as_maps, check_same_batch_dtype_device, check_same_spatial
 
 OP = "nst"
@@ -41,13 +43,14 @@ def _(f_s, f_t, spatial):
 
 @torch.library.custom_op("tltorch_ext::nst_backward", mutates_args=())
 def _backward(grad: Tensor, f_s: Tensor, f_t: Tensor, norm_s: Tensor, norm_t: Tensor,
-              spatial: bool, need_s: bool, need_t: bool) -> tuple[Tensor, Tensor]:
-    fn = implementation(OP, "backward", f_s.device)
+              spatial: bool, need_s: bool, need_t: bool,
+              backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    fn = implementation(OP, "backward", f_s.device, backend)
     return fn(grad, f_s, f_t, norm_s, norm_t, spatial, need_s, need_t)
 
 
 @_backward.register_fake
-def _(grad, f_s, f_t, norm_s, norm_t, spatial, need_s, need_t):
+def _(grad, f_s, f_t, norm_s, norm_t, spatial, need_s, need_t, backend=None):
     return (f_s.new_empty(f_s.shape if need_s else (0,)),
             f_t.new_empty(f_t.shape if need_t else (0,)))
 
@@ -57,6 +60,7 @@ def _setup_context(ctx, inputs, output):
     _loss, norm_s, norm_t = output
     ctx.save_for_backward(f_s, f_t, norm_s, norm_t)
     ctx.spatial = spatial
+    ctx.backend = resolve_for_backward(OP, f_s.device)
     ctx.set_materialize_grads(False)  # the norms' gradients are unused: no zeros for them
 
 
@@ -65,7 +69,8 @@ def _autograd_backward(ctx, grad_loss, _grad_norm_s, _grad_norm_t):
     need_s, need_t = ctx.needs_input_grad[:2]
     if grad_loss is None:
         return None, None, None
-    grad_s, grad_t = _backward(grad_loss, f_s, f_t, norm_s, norm_t, ctx.spatial, need_s, need_t)
+    grad_s, grad_t = _backward(grad_loss, f_s, f_t, norm_s, norm_t, ctx.spatial, need_s, need_t,
+                               ctx.backend)
     return grad_s if need_s else None, grad_t if need_t else None, None
 
 

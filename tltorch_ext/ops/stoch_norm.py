@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import check_floating, check_same_device, implementation, stat_dtype
+from ._dispatch import (check_floating, check_same_device, implementation, resolve_for_backward,
+                        stat_dtype)
 
 OP = "stoch_norm"
 
@@ -48,13 +49,14 @@ def _backward(
     mask: Tensor,
     save_mean: Tensor,
     save_invstd: Tensor,
+    backend: Optional[str] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    fn = implementation(OP, "backward", x.device)
+    fn = implementation(OP, "backward", x.device, backend)
     return fn(grad_y.contiguous(memory_format=_format_of(x)), x, weight, mask, save_mean, save_invstd)
 
 
 @_backward.register_fake
-def _(grad_y, x, weight, mask, save_mean, save_invstd):
+def _(grad_y, x, weight, mask, save_mean, save_invstd, backend=None):
     param = x.new_empty(x.shape[1], dtype=save_mean.dtype if weight is None else weight.dtype)
     return torch.empty_like(x), param, torch.empty_like(param)
 
@@ -67,11 +69,13 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(save_mean, save_invstd, batch_mean, batch_var)
     ctx.save_for_backward(x, weight, mask, save_mean, save_invstd)
     ctx.has_bias = bias is not None
+    ctx.backend = resolve_for_backward(OP, x.device)
 
 
 def _autograd_backward(ctx, grad_y, *_grad_stats):
     x, weight, mask, save_mean, save_invstd = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = _backward(grad_y, x, weight, mask, save_mean, save_invstd)
+    grad_x, grad_weight, grad_bias = _backward(grad_y, x, weight, mask, save_mean, save_invstd,
+                                             ctx.backend)
     return (
         grad_x,
         grad_weight if weight is not None else None,
