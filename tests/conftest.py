@@ -13,6 +13,27 @@ import tltorch_ext  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 
 
+# The suite tests every backend it finds; so that a build failure cannot pass as a green run
+# with fewer backends, the compiled CPU kernels and the Triton interpreter must be there, unless
+# TLTORCH_EXT_TEST_WITHOUT names the missing ones (e.g. "cpu,triton") on purpose.
+REQUIRED_CPU_BACKENDS = ("cpu", "triton")
+
+
+def pytest_configure(config):
+    excused = {b for b in os.environ.get("TLTORCH_EXT_TEST_WITHOUT", "").split(",") if b}
+    found = tltorch_ext.available_backends("cpu")
+    missing = [b for b in REQUIRED_CPU_BACKENDS if b not in found and b not in excused]
+    if missing:
+        from tltorch_ext import _ext  # noqa: PLC0415
+
+        reason = _ext._load()[1] or "the extension loads"
+        raise pytest.UsageError(
+            f"backends {missing} are not available on CPU tensors (found {found}; _C: {reason}). "
+            "Build the extension (pip install --no-build-isolation --no-deps -e .) and install "
+            "triton, or set TLTORCH_EXT_TEST_WITHOUT=" + ",".join(missing) + " to test without."
+        )
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
@@ -20,15 +41,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def cpu_backends():
-    """Every concrete backend that runs on CPU tensors here."""
-    return tltorch_ext.available_backends("cpu")
-
-
-def cuda_backends():
-    return tltorch_ext.available_backends("cuda") if HAS_CUDA else []
 
 
 @pytest.fixture(autouse=True)

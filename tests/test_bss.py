@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import tltorch_ext
-from conftest import cpu_backends, cuda_backends
+from op_testing import CPU_BACKENDS, CUDA_BACKENDS
 from tltorch_ext import BatchSpectralShrinkage
 from tltorch_ext.ops import bss_penalty
 
-BACKENDS = cpu_backends()
+BACKENDS = CPU_BACKENDS
 FUSED = [b for b in BACKENDS if b != "reference"]
 # The Triton interpreter is slow: its shapes stay tiny.
 SHAPES = {"triton": [(4, 7), (7, 4), (5, 5)]}
@@ -280,7 +280,7 @@ GPU_SHAPES = [(32, 512), (512, 32), (64, 64), (127, 301), (250, 700), (256, 2048
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("shape", GPU_SHAPES)
 def test_cuda_float32_within_1e4_of_float64_svd(backend, shape):
     # 250 > the 236 a packed float64 Gram fits in H100 shared memory (global workspace path);
@@ -295,7 +295,7 @@ def test_cuda_float32_within_1e4_of_float64_svd(backend, shape):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_cuda_batched_gradient_matches_svd(backend, dtype):
     x = torch.randn(5, 48, 200, dtype=torch.float64).to(dtype)
@@ -313,7 +313,7 @@ def test_cuda_batched_gradient_matches_svd(backend, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", cuda_backends())
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_cuda_nan_and_opcheck(backend):
     x = torch.randn(3, 20, 40, device="cuda")
     x[1, 3, 5] = float("nan")

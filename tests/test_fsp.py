@@ -6,22 +6,15 @@ import torch
 import torch.nn.functional as F
 
 import tltorch_ext
-from conftest import cpu_backends, cuda_backends
+from op_testing import CPU_BACKENDS, GPU_BACKENDS, rel_err, tolerances
 from tltorch_ext.distill import FSP
 from tltorch_ext.ops import fsp_loss, fsp_matrix
 
-BACKENDS = cpu_backends()
-GPU_BACKENDS = [b for b in cuda_backends() if b != "reference"]
+BACKENDS = CPU_BACKENDS
 OPS = torch.ops.tltorch_ext
 # ‖out − ref‖ / ‖ref‖ bounds against the float64 oracle (bfloat16: output rounding, and the Triton
 # interpreter truncates float32 → bfloat16).
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1.5e-2,
-             torch.float16: 2e-3}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert not out.isnan().any(), "NaN in output"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+TOLERANCE = tolerances(float32=1e-5, bfloat16=1.5e-2, float16=2e-3)
 
 
 def broadcast_gram(bot: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,16 @@ import torch
 import torch.nn.functional as F
 
 import tltorch_ext
-from conftest import cpu_backends, cuda_backends
+from op_testing import CPU_BACKENDS, GPU_BACKENDS, rel_err, tolerances
 from tltorch_ext.distill import NSTLoss
 from tltorch_ext.ops import nst_loss
 from tltorch_ext.ops.nst import spatial_side_is_cheaper
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "api_fsp_nst.md"
-BACKENDS = cpu_backends()
-GPU_BACKENDS = [b for b in cuda_backends() if b != "reference"]
+BACKENDS = CPU_BACKENDS
 OPS = torch.ops.tltorch_ext
 SIDES = ("spatial", "channel")
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2,
-             torch.float16: 3e-3}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert not out.isnan().any(), "NaN in output"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+TOLERANCE = tolerances(float32=2e-5, bfloat16=2e-2, float16=3e-3)
 
 
 def pairwise_kernel_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
@@ -268,7 +261,7 @@ def test_docs_examples_run():
         exec(compile(block, str(DOCS), "exec"), {})
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("side", SIDES)
 def test_student_close_to_teacher_precision(backend, side):
     # The loss is a tiny difference of kernel terms here. The spatial side keeps float32 relative
