@@ -92,10 +92,6 @@ double gram_tasks(const at::Tensor* bots, const at::Tensor* tops, int count, at:
   return std::accumulate(partial.begin(), partial.end(), 0.0);
 }
 
-at::ScalarType acc_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // out (B, R, L) = scale · op(M) · X per sample, M given in the accumulation type, contiguous
 // (B, R, J), or (B, J, R) when transposed.
 template <typename scalar_t>
@@ -138,7 +134,7 @@ at::Tensor fsp_matrix_cpu(const at::Tensor& bot, const at::Tensor& top) {
   check_maps(bot, "bot");
   check_maps(top, "top");
   at::Tensor out = at::empty({top.size(0), top.size(1), bot.size(1)},
-                             top.options().dtype(acc_type(top)));
+                             top.options().dtype(at::toOpMathType(top.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, top.scalar_type(), "fsp_matrix_cpu",
                                   [&] {
     gram_tasks<scalar_t>(&bot, &top, 1, out);
@@ -153,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor> fsp_forward_cpu(const at::Tensor& bot_s, cons
   check_maps(top_s, "top_s");
   check_maps(bot_t, "bot_t");
   check_maps(top_t, "top_t");
-  const auto acc = top_s.options().dtype(acc_type(top_s));
+  const auto acc = top_s.options().dtype(at::toOpMathType(top_s.scalar_type()));
   const int64_t batch = top_s.size(0), c_top = top_s.size(1), c_bot = bot_s.size(1);
   at::Tensor diff = keep_diff ? at::empty({batch, c_top, c_bot}, acc) : at::empty({0}, acc);
   const at::Tensor bots[2] = {bot_s, bot_t}, tops[2] = {top_s, top_t};
@@ -177,7 +173,7 @@ at::Tensor fsp_backward_cpu(const at::Tensor& m, const at::Tensor& x, bool trans
                              x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fsp_backward_cpu",
                                   [&] {
-    apply_tasks<scalar_t>(m.to(acc_type(x)).contiguous(), x, transpose_m, scale, out);
+    apply_tasks<scalar_t>(m.to(at::toOpMathType(x.scalar_type())).contiguous(), x, transpose_m, scale, out);
   });
   return out;
 }

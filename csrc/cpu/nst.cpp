@@ -35,10 +35,6 @@ void check_maps(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 3, name, " must be (B, C, HW), got shape ", t.sizes());
 }
 
-at::ScalarType acc_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Normalized rows of one sample packed into scratch: inv[i] = 1 / max(norm[i], ε) first, then
 // the rows S (count × len) and, when asked, their transpose Sᵀ (len × count).
 template <typename acc_t, typename scalar_t>
@@ -204,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nst_forward_cpu(const at::Tensor&
   const int64_t batch = f_s.size(0), c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
   TORCH_CHECK(f_t.size(0) == batch && f_t.size(2) == len, "f_t ", f_t.sizes(),
               " does not match f_s ", f_s.sizes());
-  const auto acc = f_s.options().dtype(acc_type(f_s));
+  const auto acc = f_s.options().dtype(at::toOpMathType(f_s.scalar_type()));
   at::Tensor norm_s = at::empty({batch, c_s}, acc), norm_t = at::empty({batch, c_t}, acc);
   std::vector<double> partial(batch);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_s.scalar_type(), "nst_forward_cpu",
@@ -235,9 +231,9 @@ std::tuple<at::Tensor, at::Tensor> nst_backward_cpu(const at::Tensor& grad, cons
   check_maps(f_s, "f_s");
   check_maps(f_t, "f_t");
   const int64_t batch = f_s.size(0), c_s = f_s.size(1), c_t = f_t.size(1), len = f_s.size(2);
-  TORCH_CHECK(norm_s.scalar_type() == acc_type(f_s) && norm_s.is_contiguous() &&
-                  norm_t.scalar_type() == acc_type(f_s) && norm_t.is_contiguous(),
-              "norm_s and norm_t must be contiguous ", acc_type(f_s), " tensors");
+  TORCH_CHECK(norm_s.scalar_type() == at::toOpMathType(f_s.scalar_type()) && norm_s.is_contiguous() &&
+                  norm_t.scalar_type() == at::toOpMathType(f_s.scalar_type()) && norm_t.is_contiguous(),
+              "norm_s and norm_t must be contiguous ", at::toOpMathType(f_s.scalar_type()), " tensors");
   const BackwardArgs args{spatial, need_s, need_t, 4.0 * grad.item<double>() / batch};
   const auto grad_shape = [&](bool needed, int64_t channels) {
     return needed ? std::vector<int64_t>{batch, channels, len} : std::vector<int64_t>{0};

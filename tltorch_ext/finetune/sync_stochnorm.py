@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..distributed import _check_group, is_distributed
-from ..ops._dispatch import check_floating, check_same_device, stat_dtype
+from .._tensors import check_floating, check_same_device, stat_dtype
 from ..ops.stoch_norm import update_running_stats
 from ..reference.stoch_norm import _per_channel
 from .stochnorm import _StochNorm, rebuilt_as

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 EPS = 1e-12
 # Scale placement codes (constexpr): on A none / M / K, on B none / K / N.

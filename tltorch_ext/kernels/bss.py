@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 MAX_JACOBI = 256  # largest Gram the Jacobi kernel solves; beyond, torch.linalg.eigh
 MAX_SWEEPS = 16  # float64 Jacobi needs ≈ log2(m) + 3 sweeps (11 at m = 256)

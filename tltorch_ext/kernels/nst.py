@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 from ._gram import EPS, Operand, Product, run
 
 _ROW_BLOCK = 1024

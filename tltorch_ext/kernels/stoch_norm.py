@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._tensors import memory_format_of, stat_dtype
+
 # Elements per tile and warps per program (GPU); the interpreter favours the same big tiles.
 _TILE_ELEMENTS = 4096
 _NUM_WARPS = 8
@@ -118,16 +120,10 @@ def _reduce_programs(device: torch.device) -> int:
     return _REDUCE_PROGRAMS_PER_SM * _sm_count(device.index or torch.cuda.current_device())
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous():
-        for fmt, ndim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-            if x.dim() == ndim and x.is_contiguous(memory_format=fmt):
-                return fmt
-    return torch.contiguous_format
-
-
 def _acc(dtype: torch.dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    """The accumulation dtype, as torch and as Triton see it."""
+    acc = stat_dtype(dtype)
+    return acc, tl.float64 if acc == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +311,7 @@ def _write(tiling: _Tiling, x, dy, out, mean, k_xmu, k_const, k_dy, acc_tl) -> N
 
 def forward(x, weight, bias, running_mean, running_var, mask, eps):
     """(y, save_mean, save_invstd, batch_mean, batch_var), as the reference's ``forward``."""
-    x = x.contiguous(memory_format=_memory_format(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     acc, acc_tl = _acc(x.dtype)
     tiling = _Tiling.of(x)
     C = tiling.channels
@@ -345,7 +341,7 @@ def forward(x, weight, bias, running_mean, running_var, mask, eps):
 
 def backward(grad_y, x, weight, mask, save_mean, save_invstd):
     """(grad_x, grad_weight, grad_bias), as the reference's ``backward``."""
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     grad_y = grad_y.contiguous(memory_format=fmt)
     acc, acc_tl = _acc(x.dtype)

@@ -41,24 +41,3 @@ def resolve_for_backward(op: str, device: torch.device) -> str:
 def _on_device(function, device, *args):
     with torch.cuda.device(device):
         return function(*args)
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_floating(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-
-
-def check_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:
-    for name, t in others.items():
-        if t is not None and t.device != reference.device:
-            raise ValueError(
-                f"{name} is on {t.device} but {reference_name} is on {reference.device}; "
-                "all tensors of one call must be on the same device"
-            )

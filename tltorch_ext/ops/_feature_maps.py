@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor
 
-from ._dispatch import check_floating, check_same_device
+from .._tensors import check_floating, check_same_device
 
 
 def as_maps(name: str, t: Tensor) -> Tensor:

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import check_floating, implementation, resolve_for_backward, stat_dtype
+from .._tensors import check_floating, stat_dtype
+from ._dispatch import implementation, resolve_for_backward
 
 OP = "bss"
 

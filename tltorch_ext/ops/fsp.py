@@ -22,7 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import implementation, resolve_for_backward, stat_dtype
+from .._tensors import stat_dtype
+from ._dispatch import implementation, resolve_for_backward
 from ._feature_maps import as_maps, check_same_batch_dtype_device, check_same_spatial
 
 OP = "fsp"

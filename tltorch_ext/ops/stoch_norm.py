@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dispatch import (check_floating, check_same_device, implementation, resolve_for_backward,
-                        stat_dtype)
+from .._tensors import check_floating, check_same_device, memory_format_of, stat_dtype
+from ._dispatch import implementation, resolve_for_backward
 
 OP = "stoch_norm"
 
@@ -52,7 +52,7 @@ def _backward(
     backend: Optional[str] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     fn = implementation(OP, "backward", x.device, backend)
-    return fn(grad_y.contiguous(memory_format=_format_of(x)), x, weight, mask, save_mean, save_invstd)
+    return fn(grad_y.contiguous(memory_format=memory_format_of(x)), x, weight, mask, save_mean, save_invstd)
 
 
 @_backward.register_fake
@@ -105,14 +105,6 @@ def _(running_mean, running_var, batch_mean, batch_var, count, factor):
     return None
 
 
-def _format_of(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
 def stoch_norm(
     x: Tensor,
     weight: Optional[Tensor],
@@ -145,7 +137,7 @@ def stoch_norm(
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     check_same_device("x", x, weight=weight, bias=bias, running_mean=running_mean,
                       running_var=running_var, mask=mask)
-    x = x.contiguous(memory_format=_format_of(x))
+    x = x.contiguous(memory_format=memory_format_of(x))
     return _forward(x, weight, bias, running_mean, running_var, mask, float(eps))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 
 def forward(feature: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 
 def _gram(bot: Tensor, top: Tensor) -> Tensor:

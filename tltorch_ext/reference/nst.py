@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 EPS = 1e-12
 

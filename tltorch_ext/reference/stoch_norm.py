@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._dispatch import stat_dtype
+from .._tensors import stat_dtype
 
 
 def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
