@@ -209,3 +209,11 @@ def test_prototypical_on_cuda_matches_cpu(distance):
     gpu = net(support.cuda(), labels.cuda(), query.cuda(), 3)
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_prototypical_compiles_fullgraph():
+    """No host sync in the label checks: the whole forward is one graph, matching eager."""
+    torch._dynamo.reset()
+    net = PrototypicalNetwork(nn.Linear(2, 3))
+    compiled = torch.compile(net, fullgraph=True)
+    torch.testing.assert_close(compiled(SUPPORT, LABELS, QUERY, 2), net(SUPPORT, LABELS, QUERY, 2))

@@ -306,12 +306,14 @@ def test_opcheck(backend):
             ops.stoch_norm_backward.default,
             (torch.randn_like(x), x.detach(), weight.detach(), mask, save_mean, save_invstd))
         torch.library.opcheck(ops.stoch_norm_update_running_stats_.default,
-                              (rm.clone(), rv.clone(), batch_mean, batch_var, 15, 0.1))
+                              (rm.clone(), rv.clone(), batch_mean, batch_var, 15, torch.tensor(0.1)))
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: the cumulative average, a tensor factor
+def test_torch_compile_fullgraph_matches_eager(momentum):
     torch._dynamo.reset()
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), StochNorm2d(6), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), StochNorm2d(6, momentum=momentum),
+                          nn.ReLU())
     randomize(model[1])
     eager = copy.deepcopy(model)
     compiled = torch.compile(model, fullgraph=True)

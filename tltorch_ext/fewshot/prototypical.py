@@ -33,9 +33,19 @@ def _class_counts(name: str, labels, n: int, n_way: int, device: torch.device) -
             f"{name} must have shape ({n},) (one label per support example) on {device}, "
             f"got {tuple(labels.shape)} on {labels.device}"
         )
-    # One host sync for every check: bins 0 and n_way + 1 count the labels below and above the
-    # range, bins 1..n_way the classes.
-    binned = torch.bincount(labels.long().clamp(-1, n_way) + 1, minlength=n_way + 2)
+    # Bins 0 and n_way + 1 count the labels below and above the range, bins 1..n_way the classes;
+    # a comparison with every bin keeps the shape static (bincount's is data-dependent).
+    bins = torch.arange(n_way + 2, device=labels.device)
+    binned = (labels.long().clamp(-1, n_way).unsqueeze(1) + 1 == bins).sum(0)
+    if torch.compiler.is_compiling():
+        # No host sync in a compiled graph: the checks run on the device and fail with a
+        # RuntimeError carrying this message.
+        torch._assert_async(
+            (binned[0] == 0) & (binned[-1] == 0) & (binned[1:-1] > 0).all(),
+            f"{name} must lie in [0, n_way={n_way}) with a support example for every class",
+        )
+        return binned[1:-1]
+    # One host sync for every check.
     below, *counts, above = binned.tolist()
     if below or above:
         lowest, highest = (int(v) for v in torch.aminmax(labels))

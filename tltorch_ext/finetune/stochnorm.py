@@ -50,11 +50,14 @@ class _StochNorm(_BatchNorm):
         if not input.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
 
-    def _count_batch(self) -> float:
+    def _count_batch(self):
         """Count this training batch; the running-statistics factor, as _BatchNorm's: momentum,
-        or a cumulative average when momentum is None."""
+        or a cumulative average when momentum is None (a tensor: no host sync, and
+        torch.compile keeps it in the graph)."""
         self.num_batches_tracked.add_(1)
-        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if self.momentum is None:
+            return 1.0 / self.num_batches_tracked.to(self.running_mean.dtype)
+        return self.momentum
 
     def _draw_mask(self, device) -> torch.Tensor:
         """s_c ~ Bernoulli(p) per channel, from torch's generator on ``device``."""

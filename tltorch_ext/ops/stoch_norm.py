@@ -92,9 +92,11 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 )
 def _update_running_stats(
     running_mean: Tensor, running_var: Tensor, batch_mean: Tensor, batch_var: Tensor, count: int,
-    factor: float,
+    factor: Tensor,
 ) -> None:
-    # BatchNorm's running variance follows the unbiased batch variance.
+    # BatchNorm's running variance follows the unbiased batch variance. factor is a 0-dim tensor,
+    # so the cumulative average 1/num_batches_tracked stays in the graph under torch.compile.
+    factor = factor.to(running_mean.device, running_mean.dtype)
     with torch.no_grad():
         running_mean.lerp_(batch_mean.to(running_mean.dtype), factor)
         running_var.lerp_((batch_var * (count / (count - 1))).to(running_var.dtype), factor)
@@ -143,7 +145,8 @@ def stoch_norm(
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count, factor):
     """running ← (1 − factor)·running + factor·batch, with the unbiased batch variance
-    (batch_var is the biased one over ``count`` values per channel)."""
+    (batch_var is the biased one over ``count`` values per channel); factor a number or a 0-dim
+    tensor."""
     if int(count) < 2:
         raise ValueError(f"count must be at least 2 values per channel, got {count}")
     channels = running_mean.shape
@@ -154,4 +157,6 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
                              f"got {tuple(t.shape)}")
     check_same_device("running_mean", running_mean, running_var=running_var,
                       batch_mean=batch_mean, batch_var=batch_var)
-    _update_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), float(factor))
+    if not isinstance(factor, Tensor):
+        factor = torch.tensor(float(factor))
+    _update_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), factor)
