@@ -539,3 +539,31 @@ def test_update_running_stats_rejects_bad_arguments():
         update_running_stats(mean, var, mean.clone(), torch.ones(4), 8, 0.1)
     with pytest.raises(ValueError, match="is on meta"):
         update_running_stats(mean, var, mean.clone(), torch.ones(3, device="meta"), 8, 0.1)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: convert_model([nn.BatchNorm2d(3)], 0.5), TypeError, "module must be an nn.Module"),
+    (lambda: convert_model(nn.BatchNorm2d(3), "half"), TypeError, "p must be a number"),
+    (lambda: StochNorm2d(4, p="half"), TypeError, "p must be a number in"),
+    (lambda: StochNorm2d(4, p=1.5), ValueError, r"p must be a probability in \[0, 1\]"),
+    (lambda: StochNorm2d(-3), ValueError, "num_features must be at least 1"),
+    (lambda: StochNorm2d(2.5), TypeError, "num_features must be an int"),
+])
+def test_constructor_arguments_are_named_when_wrong(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_convert_model_keeps_sync_batchnorm_on_2d_input():
+    """A SyncBatchNorm may serve (N, C) input: it becomes a SyncStochNorm, which accepts every
+    rank SyncBatchNorm did, not a StochNorm2d that would refuse it."""
+    from tltorch_ext.finetune import SyncStochNorm
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.SyncBatchNorm(3))
+    model[1].running_mean.fill_(0.5)
+    converted = convert_model(model, 0.25)
+    norm = converted[1]
+    assert type(norm) is SyncStochNorm and norm.p == 0.25
+    torch.testing.assert_close(norm.running_mean, torch.full((3,), 0.5))
+    assert converted(torch.randn(6, 4)).shape == (6, 3)
+    assert converted.eval()(torch.randn(2, 4)).shape == (2, 3)

@@ -25,11 +25,13 @@ class _StochNorm(_BatchNorm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, p=0.5, device=None, dtype=None):
+        if isinstance(num_features, bool) or not isinstance(num_features, int):
+            raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be at least 1, got {num_features}")
+        self.p = _probability(p)
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
-        self.p = float(p)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, p={self.p}"
@@ -99,8 +101,15 @@ _STOCHNORM_OF = {
     nn.BatchNorm1d: StochNorm1d,
     nn.BatchNorm2d: StochNorm2d,
     nn.BatchNorm3d: StochNorm3d,
-    nn.SyncBatchNorm: StochNorm2d,
 }
+
+
+def _probability(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"p must be a number in [0, 1], got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    return float(p)
 
 
 def rebuilt_as(norm: _BatchNorm, cls, *args) -> _BatchNorm:
@@ -118,13 +127,23 @@ def rebuilt_as(norm: _BatchNorm, cls, *args) -> _BatchNorm:
 
 
 def convert_model(module: nn.Module, p: float) -> nn.Module:
-    """Replace every BatchNorm1d/2d/3d (and SyncBatchNorm, as 2-d) inside ``module`` by the
-    StochNorm of the same dimension, keeping parameters, statistics, device, dtype and
-    ``requires_grad``. Returns the module (``module`` itself is returned replaced when it is a
-    BatchNorm)."""
+    """Replace every BatchNorm1d/2d/3d inside ``module`` by the StochNorm of the same dimension,
+    and every SyncBatchNorm (which serves any input rank) by a SyncStochNorm with its process
+    group, keeping parameters, statistics, device, dtype and ``requires_grad``. Returns the
+    module (``module`` itself is returned replaced when it is a BatchNorm)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    return _converted(module, _probability(p))
+
+
+def _converted(module: nn.Module, p: float) -> nn.Module:
     if type(module) in _STOCHNORM_OF:
         return rebuilt_as(module, _STOCHNORM_OF[type(module)], p)
+    if type(module) is nn.SyncBatchNorm:
+        from .sync_stochnorm import SyncStochNorm  # noqa: PLC0415 (it imports this module)
+
+        return rebuilt_as(module, SyncStochNorm, p, module.process_group)
     for name, child in module.named_children():
-        setattr(module, name, convert_model(child, p))
+        setattr(module, name, _converted(child, p))
     return module
 

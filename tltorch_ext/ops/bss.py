@@ -81,6 +81,8 @@ def bss_penalty(feature: Tensor, k: int = 1) -> Tensor:
     Args:
         feature: (b, d) or (n, b, d) floating tensor.
         k: how many of the smallest singular values, 1 ≤ k ≤ min(b, d).
+
+    Returns the penalty, () or (n,), in feature's dtype, float32 for float16/bfloat16 features.
     """
     check_floating("feature", feature)
     if feature.dim() not in (2, 3):
@@ -96,5 +98,9 @@ def bss_penalty(feature: Tensor, k: int = 1) -> Tensor:
             f"{tuple(feature.shape)}, got k={k}"
         )
     batched = feature.dim() == 3
+    if feature.dtype in (torch.float16, torch.bfloat16):
+        # σ² overflows float16 from 65504 on (a 256 × 2048 feature of unit entries has σ² ≈ 5e5):
+        # half features are solved, and their penalty returned, in float32.
+        feature = feature.float()
     penalty, _vectors = _forward((feature if batched else feature.unsqueeze(0)).contiguous(), k)
     return penalty if batched else penalty.squeeze(0)
