@@ -95,3 +95,27 @@ def test_backward_runs_on_the_forward_backend(op, in_thread, monkeypatch):
         loss.backward()
     assert calls, f"{op}'s backward left the reference backend its forward ran on"
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_plain_set_backend_is_process_wide_and_the_block_thread_local():
+    import threading
+
+    def seen_in_new_thread():
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(tltorch_ext.get_backend()))
+        worker.start()
+        worker.join()
+        return seen[0]
+
+    before = tltorch_ext.get_backend()
+    try:
+        tltorch_ext.set_backend("reference")
+        assert tltorch_ext.get_backend() == "reference"
+        assert seen_in_new_thread() == "reference"  # a plain call reaches every thread
+        with tltorch_ext.set_backend("auto"):
+            assert tltorch_ext.get_backend() == "auto"
+            assert seen_in_new_thread() == "reference"  # a block stays in its thread
+        assert tltorch_ext.get_backend() == "reference"
+    finally:
+        tltorch_ext.set_backend(before)
+    assert tltorch_ext.get_backend() == before

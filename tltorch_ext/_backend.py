@@ -32,9 +32,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-_current = contextvars.ContextVar(
-    "tltorch_ext_backend", default=_check_name(os.environ.get("TLTORCH_EXT_BACKEND", "auto"))
-)
+# The process-wide choice (a plain set_backend call, or TLTORCH_EXT_BACKEND), and the choice of
+# the current thread/task inside a ``with set_backend(...)`` block (None outside any block).
+_process_backend = _check_name(os.environ.get("TLTORCH_EXT_BACKEND", "auto"))
+_scoped = contextvars.ContextVar("tltorch_ext_backend", default=None)
 
 
 def _as_device_type(device) -> str:
@@ -74,26 +75,41 @@ def available_backends(device="cpu", op: str | None = None) -> list[str]:
 
 
 def get_backend() -> str:
-    """The backend name in force (``auto`` unless set)."""
-    return _current.get()
+    """The backend name in force here: the innermost ``with set_backend(...)`` of this thread,
+    else the process-wide one (``auto`` unless set)."""
+    scoped = _scoped.get()
+    return _process_backend if scoped is None else scoped
 
 
-class _Restore(contextlib.AbstractContextManager):
-    def __init__(self, token):
-        self._token = token
+class _Scope(contextlib.AbstractContextManager):
+    """What set_backend returns: entering it turns the process-wide change just made back and
+    makes the choice this thread's (and its context's) for the block."""
+
+    def __init__(self, name: str, previous: str):
+        self._name, self._previous, self._token = name, previous, None
+
+    def __enter__(self):
+        global _process_backend
+        _process_backend = self._previous
+        self._token = _scoped.set(self._name)
+        return self
 
     def __exit__(self, *exc):
-        _current.reset(self._token)
+        _scoped.reset(self._token)
         return False
 
 
 def set_backend(name: str) -> contextlib.AbstractContextManager:
     """Select the backend of every hot-path op.
 
-    Use as a call (``set_backend("triton")``) or a context manager
-    (``with set_backend("reference"): ...``, restoring the previous choice on exit). A backend that
+    As a plain call (``set_backend("triton")``) the choice is process-wide: every thread,
+    autograd's worker threads included, sees it. As a context manager
+    (``with set_backend("reference"): ...``) it holds for this thread (and context) only, inside
+    the block, and the previous choice is back on exit; other threads keep theirs. Backward
+    always runs on the backend its forward ran on, whichever thread runs it. A backend that
     cannot run on any device of this machine is refused at once.
     """
+    global _process_backend
     _check_name(name)
     if name != "auto":
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -102,7 +118,8 @@ def set_backend(name: str) -> contextlib.AbstractContextManager:
                 f"backend {name!r} is not available on this machine; available: "
                 f"{ {d: available_backends(d) for d in devices} }"
             )
-    return _Restore(_current.set(name))
+    previous, _process_backend = _process_backend, name
+    return _Scope(name, previous)
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,7 +150,7 @@ def resolve(op: str, device, name: str | None = None) -> str:
     """The concrete backend that runs ``op`` for tensors on ``device``: ``name``'s, or the one in
     force when it is None."""
     device_type = _as_device_type(device)
-    name = _current.get() if name is None else _check_name(name)
+    name = get_backend() if name is None else _check_name(name)
     available = available_backends(device_type, op)
     if name == "auto":
         return next((b for b in auto_order(op, device_type) if b in available), "reference")

@@ -158,5 +158,6 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
     check_same_device("running_mean", running_mean, running_var=running_var,
                       batch_mean=batch_mean, batch_var=batch_var)
     if not isinstance(factor, Tensor):
-        factor = torch.tensor(float(factor))
+        # In the buffers' dtype: a float32 0-dim tensor would round a float64 momentum.
+        factor = torch.tensor(float(factor), dtype=running_mean.dtype)
     _update_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), factor)
