@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,9 @@ import torch
 # triton is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# auto's choices must not depend on measurements this machine's user recorded.
+os.environ["TLTORCH_EXT_CACHE"] = tempfile.mkdtemp(prefix="tltorch_ext_test_cache_")
 
 import tltorch_ext  # noqa: E402
 

@@ -42,18 +42,42 @@ def test_compiled_backend_requires_the_op_in_the_build(monkeypatch):
     assert _backend.resolve("stoch_norm", "cpu") == "reference"
 
 
-def test_recorded_auto_order_is_merged_and_used(tmp_path, monkeypatch):
-    table = tmp_path / "auto_backends.json"
-    table.write_text('{"bss": {"cpu": ["reference", "cpu"]}}')
-    monkeypatch.setattr(_backend, "AUTO_TABLE", table)
-    _backend._auto_table.cache_clear()
+def test_recorded_auto_order_goes_to_the_user_cache_and_overrides_the_package(tmp_path,
+                                                                            monkeypatch):
+    packaged = tmp_path / "package" / "auto_backends.json"
+    packaged.parent.mkdir()
+    packaged.write_text('{"bss": {"cpu": ["cpu", "reference"]}, "fsp": {"cpu": ["cpu"]}}')
+    monkeypatch.setattr(_backend, "AUTO_TABLE", packaged)
+    monkeypatch.setenv("TLTORCH_EXT_CACHE", str(tmp_path / "cache"))
+    _backend._auto_sources.cache_clear()
     try:
-        _backend.record_auto_orders({"bss": {"cuda": ["triton", "cuda"]}})
-        assert _backend.auto_order("bss", "cpu") == ("reference", "cpu")
+        path = _backend.record_auto_orders({"bss": {"cpu": ["reference", "cpu"],
+                                                    "cuda": ["triton", "cuda"]}})
+        assert path == tmp_path / "cache" / "auto_backends.json" and path.exists()
+        assert packaged.read_text().startswith('{"bss": {"cpu": ["cpu"')  # package untouched
+        assert _backend.auto_order("bss", "cpu") == ("reference", "cpu")  # the user's
         assert _backend.auto_order("bss", "cuda") == ("triton", "cuda")
+        assert _backend.auto_order("fsp", "cpu") == ("cpu",)  # the package's
         assert _backend.resolve("bss", "cpu") == "reference"
+        assert str(path) in tltorch_ext.explain_backend("bss", "cpu")
+        assert str(packaged) in tltorch_ext.explain_backend("fsp", "cpu")
     finally:
-        _backend._auto_table.cache_clear()
+        _backend._auto_sources.cache_clear()
+
+
+def test_auto_on_cuda_runs_the_reference_until_a_gpu_measurement_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(_backend, "AUTO_TABLE", tmp_path / "none.json")
+    monkeypatch.setenv("TLTORCH_EXT_CACHE", str(tmp_path))
+    _backend._auto_sources.cache_clear()
+    try:
+        for op in ("bss", "fsp", "nst", "stoch_norm"):
+            assert _backend.auto_order(op, "cuda") == ("reference",)
+            explained = tltorch_ext.explain_backend(op, "cuda")
+            assert explained.startswith(f"{op} on cuda: runs 'reference'; auto found no measurement")
+        with tltorch_ext.set_backend("reference"):
+            assert "set_backend('reference')" in tltorch_ext.explain_backend("bss")
+    finally:
+        _backend._auto_sources.cache_clear()
 
 
 def _loss_of(op):

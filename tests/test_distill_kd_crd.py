@@ -39,7 +39,7 @@ def test_kd_half_precision_keeps_dtype():
 
 
 def test_kd_bad_input():
-    with pytest.raises(ValueError, match="T must be a positive number"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0"):
         KDLoss(T=0)
     kd = KDLoss(T=1)
     with pytest.raises(ValueError, match="same shape"):
@@ -101,6 +101,16 @@ def test_crd_matches_float64_loop_with_given_negatives():
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
     assert crd.contrast.normalizer.tolist() == pytest.approx(normalizers, rel=1e-10)
+
+
+def test_crd_takes_the_noise_indices_alone_or_after_the_positives():
+    f_s, f_t, idx, contrast_idx = tiny_batch()
+    with_positives, noise_only = tiny_crd(), tiny_crd()
+    noise_only.load_state_dict(with_positives.state_dict())
+    expected = with_positives(f_s, f_t, idx, contrast_idx)
+    got = noise_only(f_s, f_t, idx, contrast_idx[:, 1:])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(noise_only.contrast.memory_s, with_positives.contrast.memory_s)
 
 
 def test_crd_normalizer_is_estimated_once():
@@ -232,11 +242,12 @@ def test_crd_bad_input():
         crd(f_s, f_t, torch.tensor([-1, 3]))
     with pytest.raises(ValueError, match=r"idx must have shape \(2,\)"):
         crd(f_s, f_t, torch.tensor([4, 7, 1]))
-    with pytest.raises(ValueError, match=r"contrast_idx must have shape \(2, 4\)"):
-        crd(f_s, f_t, idx, contrast_idx[:, :3])
+    with pytest.raises(ValueError, match=r"contrast_idx must have shape \(B, nce_k\) = \(2, 3\) "
+                                         r"noise indices or \(2, 4\), got \(2, 2\)"):
+        crd(f_s, f_t, idx, contrast_idx[:, :2])
     with pytest.raises(ValueError, match=r"contrast_idx values must lie"):
         crd(f_s, f_t, idx, contrast_idx + 3)
-    with pytest.raises(ValueError, match=r"contrast_idx\[:, 0\] must hold the positives"):
+    with pytest.raises(ValueError, match=r"positives first: contrast_idx\[:, 0\] must equal idx"):
         crd(f_s, f_t, idx, contrast_idx.flip(0))
     with pytest.raises(ValueError, match=r"f_s must have shape \(B, 5\)"):
         crd(torch.randn(2, 6, dtype=torch.float64), f_t, idx)
@@ -246,7 +257,7 @@ def test_crd_bad_input():
         crd(f_s, f_t[:1], idx)
     with pytest.raises(ValueError, match="n_data .* is required"):
         CRDLoss(4, 4)
-    with pytest.raises(ValueError, match="nce_m must be a number in"):
+    with pytest.raises(ValueError, match=r"nce_m must be a finite number in \[0, 1\]"):
         CRDLoss(4, 4, nce_m=1.5, n_data=10)
     with pytest.raises(ValueError, match="nce_k must be a positive int"):
         CRDLoss(4, 4, nce_k=0, n_data=10)

@@ -484,7 +484,7 @@ def test_all_gather_batch_is_identity_when_not_distributed():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="p must be a probability"):
+    with pytest.raises(ValueError, match="p must be a finite number in"):
         SyncStochNorm(C, p=1.5)
     with pytest.raises(TypeError, match="process_group must be None or a torch.distributed"):
         SyncStochNorm(C, process_group="world")

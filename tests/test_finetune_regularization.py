@@ -307,7 +307,7 @@ def test_channel_attention_argument_checks():
     model = TinyConvNet()
     x = torch.randn(4, 2, 3, 3)
     loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (4,))), batch_size=2)
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         compute_channel_attention(model, ["conv"], loader, temperature=0, progress=False)
     with pytest.raises(ValueError, match="no submodule named 'conv1'.*'conv'"):
         compute_channel_attention(model, ["conv1"], loader, progress=False)

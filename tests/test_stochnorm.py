@@ -460,7 +460,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="floating-point"):
         sn(torch.ones(2, 4, 3, 3, dtype=torch.int64))
     for p in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"p must be a finite number in \[0, 1\]"):
             StochNorm2d(4, p=p)
     meta = StochNorm2d(4, device="meta")
     with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
@@ -543,10 +543,10 @@ def test_update_running_stats_rejects_bad_arguments():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: convert_model([nn.BatchNorm2d(3)], 0.5), TypeError, "module must be an nn.Module"),
-    (lambda: convert_model(nn.BatchNorm2d(3), "half"), TypeError, "p must be a number"),
-    (lambda: StochNorm2d(4, p="half"), TypeError, "p must be a number in"),
-    (lambda: StochNorm2d(4, p=1.5), ValueError, r"p must be a probability in \[0, 1\]"),
-    (lambda: StochNorm2d(-3), ValueError, "num_features must be at least 1"),
+    (lambda: convert_model(nn.BatchNorm2d(3), "half"), TypeError, "p must be a real number"),
+    (lambda: StochNorm2d(4, p="half"), TypeError, "p must be a real number"),
+    (lambda: StochNorm2d(4, p=1.5), ValueError, r"p must be a finite number in \[0, 1\]"),
+    (lambda: StochNorm2d(-3), ValueError, "num_features must be a positive int"),
     (lambda: StochNorm2d(2.5), TypeError, "num_features must be an int"),
 ])
 def test_constructor_arguments_are_named_when_wrong(call, error, match):

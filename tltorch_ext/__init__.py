@@ -2,7 +2,7 @@
 
 Every public name of the subpackages is re-exported here (see SPEC.md).
 """
-from ._backend import available_backends, get_backend, set_backend
+from ._backend import available_backends, explain_backend, get_backend, set_backend
 from . import ops  # noqa: F401  registers the torch.ops.tltorch_ext.* operators
 from . import adaptation, distill, fewshot, finetune
 from .adaptation import *  # noqa: F401,F403
@@ -12,7 +12,7 @@ from .finetune import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 __all__ = (
-    ["available_backends", "get_backend", "set_backend"]
+    ["available_backends", "explain_backend", "get_backend", "set_backend"]
     + adaptation.__all__
     + distill.__all__
     + fewshot.__all__

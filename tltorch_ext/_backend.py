@@ -2,9 +2,11 @@
 
 Backends: ``reference`` (plain PyTorch), ``triton`` (kernels in ``tltorch_ext.kernels``; on CPU
 tensors only under ``TRITON_INTERPRET=1``), ``cpu`` and ``cuda`` (the compiled ``_C`` module), and
-``auto``, which picks per op and device type from the order in ``auto_backends.json``: the fastest
-backend measured by ``tltorch-ext bench`` first (see benchmarks/results/). The choice is made when
-an op runs, so it also holds inside ``torch.compile``d code.
+``auto``, which picks per op and device type from a measured order: the fastest backend measured
+by ``tltorch-ext bench`` first (see benchmarks/results/), from the packaged ``auto_backends.json``
+and, over it, the user's own measurements (``--update-auto``, in the user cache). The choice is
+made when an op runs, so it also holds inside ``torch.compile``d code; ``explain_backend`` says
+what runs and why.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import functools
 import importlib.util
 import json
 import os
+import pkgutil
 from pathlib import Path
 
 import torch
@@ -22,8 +25,18 @@ from . import _ext
 
 BACKENDS = ("auto", "reference", "triton", "cpu", "cuda")
 AUTO_TABLE = Path(__file__).with_name("auto_backends.json")
-# Order used where auto_backends.json has no measured entry for an op and device type.
-_DEFAULT_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+# Order used where no measurement covers an op and device type. On CPU the C++ kernels are tested
+# and measured here; on CUDA only the reference (PyTorch's own kernels) has run on a GPU so far, so
+# auto does not pick a kernel that no GPU has executed: `cuda`/`triton` are there when asked for.
+_DEFAULT_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("reference",)}
+
+
+def user_auto_table() -> Path:
+    """Where ``--update-auto`` records this machine's measurements (read over the packaged
+    table): $TLTORCH_EXT_CACHE, else $XDG_CACHE_HOME/tltorch_ext, else ~/.cache/tltorch_ext."""
+    folder = os.environ.get("TLTORCH_EXT_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tltorch_ext"
+    return Path(folder) / "auto_backends.json"
 
 
 def _check_name(name: str) -> str:
@@ -41,7 +54,11 @@ _scoped = contextvars.ContextVar("tltorch_ext_backend", default=None)
 def _as_device_type(device) -> str:
     if isinstance(device, torch.Tensor):
         device = device.device
-    return torch.device(device).type
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device, a device string such as 'cpu' or "
+                         f"'cuda:0', or a tensor, got {device!r}") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,28 +139,82 @@ def set_backend(name: str) -> contextlib.AbstractContextManager:
     return _Scope(name, previous)
 
 
-@functools.lru_cache(maxsize=None)
-def _auto_table() -> dict:
+def _read_table(path: Path) -> dict:
     try:
-        return json.loads(AUTO_TABLE.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def record_auto_orders(orders: dict[str, dict[str, list[str]]]) -> None:
-    """Merge measured orders {op: {device_type: [fastest backend first, ...]}} into
-    ``auto_backends.json`` (what ``tltorch-ext bench --update-auto`` records)."""
-    table = dict(_auto_table())
+def _merged(table: dict, orders: dict) -> dict:
+    table = dict(table)
     for op, per_device in orders.items():
         table[op] = {**table.get(op, {}), **per_device}
-    AUTO_TABLE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    _auto_table.cache_clear()
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_sources() -> dict[tuple[str, str], Path]:
+    """(op, device type) → the table whose measurement auto uses (the user's over the package's)."""
+    sources = {}
+    for path in (AUTO_TABLE, user_auto_table()):
+        for op, per_device in _read_table(path).items():
+            sources.update({(op, device_type): path for device_type in per_device})
+    return sources
+
+
+def _auto_table() -> dict:
+    return _merged(_read_table(AUTO_TABLE), _read_table(user_auto_table()))
+
+
+def record_auto_orders(orders: dict[str, dict[str, list[str]]]) -> Path:
+    """Merge measured orders {op: {device_type: [fastest backend first, ...]}} into the user's
+    table (what ``tltorch-ext bench --update-auto`` records; the installed package is left as
+    it is). Returns the table's path."""
+    path = user_auto_table()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_merged(_read_table(path), orders), indent=1, sort_keys=True)
+                    + "\n")
+    _auto_sources.cache_clear()
+    return path
 
 
 def auto_order(op: str, device_type: str) -> tuple[str, ...]:
     """Backends ``auto`` tries for ``op`` on ``device_type``, fastest measured first."""
-    measured = _auto_table().get(op, {}).get(device_type)
+    source = _auto_sources().get((op, device_type))
+    measured = _read_table(source).get(op, {}).get(device_type) if source else None
     return tuple(measured or _DEFAULT_AUTO_ORDER.get(device_type, ("reference",)))
+
+
+@functools.lru_cache(maxsize=None)
+def _known_ops() -> tuple[str, ...]:
+    """The op families: each module of tltorch_ext.ops that names its OP."""
+    from . import ops  # noqa: PLC0415  (the op modules import this one)
+
+    modules = (importlib.import_module(f"{ops.__name__}.{m.name}")
+               for m in pkgutil.iter_modules(ops.__path__))
+    return tuple(sorted(m.OP for m in modules if isinstance(getattr(m, "OP", None), str)))
+
+
+def explain_backend(op: str, device="cpu") -> str:
+    """One paragraph saying which backend runs ``op`` for tensors on ``device`` now, and why."""
+    ops = _known_ops()
+    if op not in ops:
+        raise ValueError(f"op must be one of {ops}, got {op!r}")
+    device_type = _as_device_type(device)
+    name, chosen = get_backend(), resolve(op, device_type)
+    available = available_backends(device_type, op)
+    if name != "auto":
+        why = f"set_backend({name!r}) (or TLTORCH_EXT_BACKEND) chose it"
+    elif (op, device_type) in _auto_sources():
+        why = (f"auto takes the fastest available of the measured order "
+               f"{list(auto_order(op, device_type))} recorded in {_auto_sources()[(op, device_type)]}")
+    else:
+        why = (f"auto found no measurement for {op} on {device_type} and takes the default order "
+               f"{list(auto_order(op, device_type))}"
+               + (" (no tltorch_ext kernel has run on a GPU yet: `tltorch-ext bench --device cuda "
+                  "--update-auto` measures them here)" if device_type == "cuda" else ""))
+    return f"{op} on {device_type}: runs {chosen!r}; {why}. Available here: {available}."
 
 
 def resolve(op: str, device, name: str | None = None) -> str:

@@ -1,7 +1,11 @@
 """Facts about tensors that every backend, op wrapper and module shares: the accumulation dtype,
-the memory format kernels see, and the argument checks. A leaf: it imports nothing of the package,
-so the backends (reference, Triton) import it without importing the dispatcher."""
+the memory format kernels see, and the argument checks (a wrong type is a TypeError, a wrong
+value, shape or device a ValueError, each naming the argument). A leaf: it imports nothing of the
+package, so the backends (reference, Triton) import it without importing the dispatcher."""
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 
@@ -22,16 +26,43 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_floating(name: str, t: torch.Tensor) -> None:
+def check_floating(name: str, t, ndim: int | None = None) -> torch.Tensor:
+    """``t`` itself, when it is a float16/bfloat16/float32/float64 tensor (with ``ndim``
+    dimensions when given)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_nonempty_batch(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A loss averages over the batch: an empty one has no defined value, so it is refused."""
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample (N >= 1), got shape {tuple(t.shape)}")
+    return t
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def real_number(name: str, value, low: float = -math.inf, high: float = math.inf,
+                positive: bool = False) -> float:
+    """``value`` as a float: finite, in [low, high], and > 0 when ``positive``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high or (positive and value <= 0):
+        bounds = "> 0" if positive else f"in [{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return value
 
 
 def check_same_device(reference_name: str, reference: torch.Tensor, **others) -> None:

@@ -30,8 +30,8 @@ def _bench(args) -> int:
     if args.update_auto:
         from . import _backend  # noqa: PLC0415
 
-        _backend.record_auto_orders(harness.fastest_backends(results, device.type))
-        print(f"updated {_backend.AUTO_TABLE}")
+        path = _backend.record_auto_orders(harness.fastest_backends(results, device.type))
+        print(f"updated {path}")
     return 0
 
 
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     bench.add_argument("--out", default="benchmarks/results", help="folder for JSON and PNG")
     bench.add_argument("--update-auto", action="store_true",
-                       help="record the fastest backend per op for the 'auto' choice")
+                       help="record the fastest backend per op for the 'auto' choice, in the "
+                       "user cache (tltorch_ext.explain_backend shows where)")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_bench)
 

@@ -19,17 +19,6 @@ def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss
 
 
-def check_floating(name: str, x, ndim=None) -> torch.Tensor:
-    """Raise unless ``x`` is a floating tensor (with ``ndim`` dimensions when given)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
-    return x
-
-
 def check_per_sample(name: str, v, n: int, device: torch.device, allow_bool=False) -> torch.Tensor:
     """Raise unless ``v`` is a vector of n floating (or, if allowed, bool) values on ``device``."""
     if not isinstance(v, torch.Tensor):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_floating, check_per_sample, check_reduction, reduce
+from .._tensors import check_floating, positive_int
+from ._checks import check_per_sample, check_reduction, reduce
 from .grl import WarmStartGradientReverseLayer
 
 __all__ = ["DomainDiscriminator", "DomainAdversarialLoss"]
@@ -27,9 +28,8 @@ class DomainDiscriminator(nn.Sequential):
     """
 
     def __init__(self, in_feature: int, hidden_size: int, batch_norm=True, out_features=1):
-        for name, value in (("in_feature", in_feature), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        in_feature = positive_int("in_feature", in_feature)
+        hidden_size = positive_int("hidden_size", hidden_size)
         if out_features not in (1, 2):
             raise ValueError(
                 f"out_features must be 1 (sigmoid) or 2 (softmax), got {out_features!r}"

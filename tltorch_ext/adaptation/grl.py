@@ -1,9 +1,10 @@
 """Gradient reversal (Ganin & Lempitsky, 2015): identity forward, negated scaled gradient back."""
-import math
 import numbers
 
 import torch
 from torch import nn
+
+from .._tensors import check_floating, positive_int, real_number
 
 __all__ = ["grad_reverse", "GradientReverseLayer", "WarmStartGradientReverseLayer"]
 
@@ -40,14 +41,13 @@ def grad_reverse(x: torch.Tensor, coeff=1.0) -> torch.Tensor:
     """Gradient reversal: y = x in the forward pass, ∂L/∂x = −coeff · ∂L/∂y in the backward pass.
 
     Args:
-        x: any tensor.
+        x: a floating-point tensor.
         coeff: λ, a real number or a 0-dim floating tensor (no gradient flows to it; a tensor lets
             the value change between steps without recompiling under ``torch.compile``).
 
     The output is a view of ``x``; modify it in place only after cloning.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x)}")
+    check_floating("x", x)  # an integer tensor has no gradient to reverse
     _check_coeff(coeff)
     return _GradientReverse.apply(x, coeff)
 
@@ -58,11 +58,6 @@ class GradientReverseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, coeff=1.0) -> torch.Tensor:
         return grad_reverse(x, coeff)
-
-
-def _check_finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
 
 
 class WarmStartGradientReverseLayer(nn.Module):
@@ -86,14 +81,9 @@ class WarmStartGradientReverseLayer(nn.Module):
 
     def __init__(self, alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False):
         super().__init__()
-        _check_finite("alpha", alpha)
-        _check_finite("lo", lo)
-        _check_finite("hi", hi)
-        if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) \
-                or max_iters < 1:
-            raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
-        self.max_iters = int(max_iters)
+        self.alpha, self.lo, self.hi = (real_number(name, value) for name, value in
+                                        (("alpha", alpha), ("lo", lo), ("hi", hi)))
+        self.max_iters = positive_int("max_iters", max_iters)
         self.auto_step = bool(auto_step)
         self.register_buffer("iter_num", torch.zeros((), dtype=torch.int64))
 

@@ -2,13 +2,13 @@
 exponential moving average of the student's, a consistency loss between their predictions on
 target data (masked by the teacher's confidence), and a class-balance term."""
 import copy
-import numbers
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ._checks import check_floating, check_per_sample, check_reduction, reduce
+from .._tensors import check_floating, check_nonempty_batch, positive_int, real_number
+from ._checks import check_per_sample, check_reduction, reduce
 
 __all__ = [
     "ConsistencyLoss",
@@ -19,12 +19,6 @@ __all__ = [
 ]
 
 
-def _check_unit_interval(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a real number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def confidence_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """m_i = [max_c probs[i, c] ≥ threshold]: a bool (N,) mask of the confident predictions.
 
@@ -33,7 +27,7 @@ def confidence_mask(probs: torch.Tensor, threshold: float) -> torch.Tensor:
         threshold: in [0, 1].
     """
     check_floating("probs", probs, ndim=2)
-    threshold = _check_unit_interval("threshold", threshold)
+    threshold = real_number("threshold", threshold, 0.0, 1.0)
     return probs.amax(dim=1) >= threshold
 
 
@@ -60,7 +54,7 @@ class ConsistencyLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, y: torch.Tensor, y_teacher: torch.Tensor, mask=None) -> torch.Tensor:
-        check_floating("y", y)
+        check_nonempty_batch("y", check_floating("y", y))
         check_floating("y_teacher", y_teacher)
         if y.ndim == 0 or y.shape != y_teacher.shape or y.device != y_teacher.device:
             raise ValueError(
@@ -110,9 +104,7 @@ class ClassBalanceLoss(nn.Module):
 
     def __init__(self, num_classes: int):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = positive_int("num_classes", num_classes)
 
     def forward(self, pred: torch.Tensor) -> torch.Tensor:
         check_floating("pred", pred, ndim=2)
@@ -154,7 +146,7 @@ class EmaTeacher(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model)}")
-        self.alpha = _check_unit_interval("alpha", alpha)
+        self.alpha = real_number("alpha", alpha, 0.0, 1.0)
         self.teacher = copy.deepcopy(model)
         self.teacher.requires_grad_(False)
         # Stored outside _modules so that the student's state is not duplicated in ours.

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import math
 import os
 import pkgutil
 import platform
@@ -55,6 +56,7 @@ class Result:
     peak_mb: float
     gbps: float | None
     tflops: float | None
+    error: str | None = None  # the candidate raised: no time, and auto never picks it
 
 
 def register(op: str):
@@ -159,19 +161,37 @@ def _stderr_silenced():
 
 
 def run_case(case: Case, device: torch.device, quick: bool) -> list[Result]:
+    """One Result per candidate. A candidate that raises (a kernel never run on this device
+    before may) is recorded with its error, so the other candidates and cases still run."""
     warmup, reps = (1, 3) if quick else (3, 15)
-    medians = {name: time_ms(fn, device, warmup, reps) for name, fn in case.candidates.items()}
-    base = medians[case.baseline]
-    results = []
+    measured: dict[str, tuple[float, float] | str] = {}
     for name, fn in case.candidates.items():
-        ms = medians[name]
+        try:
+            measured[name] = (time_ms(fn, device, warmup, reps), peak_memory_mb(fn, device))
+        except Exception as error:  # noqa: BLE001  (reported in the table and the JSON)
+            measured[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    base = measured[case.baseline][0] if isinstance(measured[case.baseline], tuple) else math.nan
+    results = []
+    for name, outcome in measured.items():
+        if isinstance(outcome, str):
+            results.append(Result(case.op, case.group, name, math.nan, math.nan, math.nan, None,
+                                  None, error=outcome))
+            continue
+        ms, peak = outcome
         results.append(Result(
-            op=case.op, group=case.group, candidate=name, median_ms=ms,
-            speedup=base / ms, peak_mb=peak_memory_mb(fn, device),
-            gbps=case.bytes_moved / ms / 1e6 if case.bytes_moved else None,
+            op=case.op, group=case.group, candidate=name, median_ms=ms, speedup=base / ms,
+            peak_mb=peak, gbps=case.bytes_moved / ms / 1e6 if case.bytes_moved else None,
             tflops=case.flops / ms / 1e9 if case.flops else None,
         ))
     return results
+
+
+def copy_bandwidth_gbs(device: torch.device, mib: int = 512) -> float:
+    """Measured device-memory bandwidth of a plain copy (read + write), the roof for GB/s."""
+    src = torch.empty(mib * 2**20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=3, reps=20)
+    return 2 * src.numel() / ms / 1e6
 
 
 def device_info(device: torch.device) -> dict:
@@ -179,6 +199,7 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
+        info["copy_gbs"] = round(copy_bandwidth_gbs(device), 1)
     else:
         info["name"] = platform.processor() or platform.machine()
         info["threads"] = torch.get_num_threads()
@@ -195,6 +216,9 @@ def format_table(results: list[Result]) -> str:
     header = f"{'op':<13} {'case':<40} {'candidate':<28} {'median ms':>10} {'speedup':>8} {'peak MB':>9} {'GB/s':>7}"
     lines = [header, "-" * len(header)]
     for r in results:
+        if r.error:
+            lines.append(f"{r.op:<13} {r.group:<40} {r.candidate:<28} failed: {r.error}")
+            continue
         rate = f"{r.gbps:7.0f}" if r.gbps else f"{'':>7}"
         lines.append(f"{r.op:<13} {r.group:<40} {r.candidate:<28} {r.median_ms:10.3f} "
                      f"{r.speedup:7.2f}x {r.peak_mb:9.1f} {rate}")
@@ -202,14 +226,19 @@ def format_table(results: list[Result]) -> str:
 
 
 def fastest_backends(results: list[Result], device_type: str) -> dict[str, dict[str, list[str]]]:
-    """Per op, the tltorch_ext backends ordered by their total median time over all cases."""
+    """Per op, the tltorch_ext backends ordered by their total median time over all cases; a
+    backend that failed in any case of the op is left out of its order."""
     totals: dict[str, dict[str, float]] = {}
+    failed = set()
     for r in results:
         if r.candidate.startswith("tltorch_ext["):
             backend = r.candidate[len("tltorch_ext["):-1]
+            if r.error:
+                failed.add((r.op, backend))
             per_op = totals.setdefault(r.op, {})
-            per_op[backend] = per_op.get(backend, 0.0) + r.median_ms
-    return {op: {device_type: sorted(t, key=t.get)} for op, t in totals.items()}
+            per_op[backend] = per_op.get(backend, 0.0) + (0.0 if r.error else r.median_ms)
+    return {op: {device_type: sorted((b for b in t if (op, b) not in failed), key=t.get)}
+            for op, t in totals.items()}
 
 
 def write_json(results: list[Result], device: torch.device, path: Path) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._tensors import check_floating
+
 
 def check_map(name: str, t) -> None:
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got "
-                        f"{getattr(t, 'dtype', type(t).__name__)}")
+    check_floating(name, t)
     if t.dim() != 4:
         raise ValueError(f"{name} must be a (B, C, H, W) feature map, got shape {tuple(t.shape)}")
 

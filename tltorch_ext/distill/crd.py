@@ -13,12 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._tensors import positive_int, real_number
+
 __all__ = ["CRDLoss", "ContrastLoss", "ContrastMemory", "Embed"]
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _accumulation_dtype(*dtypes):
@@ -54,8 +51,8 @@ class Embed(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int = 128):
         super().__init__()
-        _check_positive_int("dim_in", dim_in)
-        _check_positive_int("dim_out", dim_out)
+        positive_int("dim_in", dim_in)
+        positive_int("dim_out", dim_out)
         self.dim_in = dim_in
         self.linear = nn.Linear(dim_in, dim_out)
 
@@ -88,7 +85,8 @@ class ContrastMemory(nn.Module):
 
     Shape:
         forward(e_s, e_t, idx, contrast_idx=None): e_s, e_t (B, feat_dim) unit rows, idx (B,)
-        int64/int32 in [0, n_data), contrast_idx (B, nce_k + 1) likewise, all on the banks'
+        int64/int32 in [0, n_data), contrast_idx likewise: (B, nce_k) noise examples only (the
+        positives idx are put first), or (B, nce_k + 1) with the positives first, all on the banks'
         device → (x_s, x_t), each (B, nce_k + 1): x_s anchors the student embedding in the teacher
         bank, x_t the teacher embedding in the student bank.
     """
@@ -97,13 +95,10 @@ class ContrastMemory(nn.Module):
                  nce_m: float = 0.5):
         super().__init__()
         for name, value in (("feat_dim", feat_dim), ("n_data", n_data), ("nce_k", nce_k)):
-            _check_positive_int(name, value)
-        if isinstance(nce_t, bool) or not isinstance(nce_t, (int, float)) or not nce_t > 0:
-            raise ValueError(f"nce_t must be a positive number, got {nce_t!r}")
-        if isinstance(nce_m, bool) or not isinstance(nce_m, (int, float)) or not 0 <= nce_m <= 1:
-            raise ValueError(f"nce_m must be a number in [0, 1], got {nce_m!r}")
+            positive_int(name, value)
         self.feat_dim, self.n_data, self.nce_k = feat_dim, n_data, nce_k
-        self.nce_t, self.nce_m = float(nce_t), float(nce_m)
+        self.nce_t = real_number("nce_t", nce_t, positive=True)
+        self.nce_m = real_number("nce_m", nce_m, 0.0, 1.0)
         for name in ("memory_s", "memory_t"):
             self.register_buffer(name, _l2_normalize(torch.rand(n_data, feat_dim) * 2 - 1))
         # Non-positive means "not estimated yet" (Z itself is always > 0).
@@ -128,11 +123,16 @@ class ContrastMemory(nn.Module):
         if contrast_idx is None:
             noise = torch.randint(self.n_data, (batch, self.nce_k), device=device)
             contrast_idx = torch.cat([idx.unsqueeze(1), noise], dim=1)
+        elif getattr(contrast_idx, "shape", None) == (batch, self.nce_k):
+            noise = self._checked_index("contrast_idx", contrast_idx, (batch, self.nce_k))
+            contrast_idx = torch.cat([idx.unsqueeze(1), noise], dim=1)
         else:
-            contrast_idx = self._checked_index("contrast_idx", contrast_idx,
-                                               (batch, self.nce_k + 1))
+            contrast_idx = self._checked_index(
+                "contrast_idx", contrast_idx, (batch, self.nce_k + 1),
+                also=f"(B, nce_k) = {(batch, self.nce_k)} noise indices or ")
             if not torch.equal(contrast_idx[:, 0], idx):
-                raise ValueError("contrast_idx[:, 0] must hold the positives, equal to idx")
+                raise ValueError("a (B, nce_k + 1) contrast_idx must hold the positives first: "
+                                 "contrast_idx[:, 0] must equal idx")
         x_s = self._scores(e_s, self.memory_t, contrast_idx, side=0)
         x_t = self._scores(e_t, self.memory_s, contrast_idx, side=1)
         if self.training:
@@ -140,12 +140,12 @@ class ContrastMemory(nn.Module):
             self._momentum_update(self.memory_t, idx, e_t)
         return x_s, x_t
 
-    def _checked_index(self, name, index, shape):
+    def _checked_index(self, name, index, shape, also=""):
         if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{name} must be an int64 or int32 tensor, got "
                             f"{getattr(index, 'dtype', type(index).__name__)}")
         if tuple(index.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(index.shape)}")
+            raise ValueError(f"{name} must have shape {also}{shape}, got {tuple(index.shape)}")
         if index.device != self.memory_s.device:
             raise ValueError(f"{name} must be on the memory's device {self.memory_s.device}, "
                              f"got {index.device}")
@@ -190,7 +190,7 @@ class ContrastLoss(nn.Module):
 
     def __init__(self, n_data: int):
         super().__init__()
-        _check_positive_int("n_data", n_data)
+        positive_int("n_data", n_data)
         self.n_data = n_data
 
     def extra_repr(self) -> str:
@@ -225,8 +225,8 @@ class CRDLoss(nn.Module):
 
     Gradients reach the student features and both embeddings (and the teacher features if they
     require grad). ``n_data`` (the number of training examples, the bank size) is required.
-    ``contrast_idx`` (B, nce_k + 1), positive first, fixes the noise examples instead of drawing
-    them. The banks and the normalization constants are buffers, saved in the state_dict. The loss
+    ``contrast_idx`` fixes the noise examples instead of drawing them: (B, nce_k) noise indices,
+    or (B, nce_k + 1) with the positive (idx) first, as RepDistiller's data sets yield it. The banks and the normalization constants are buffers, saved in the state_dict. The loss
     has f_s's dtype.
     """
 

@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._tensors import real_number
+
 __all__ = ["KDLoss"]
 
 
@@ -19,7 +21,7 @@ class KDLoss(nn.Module):
     Computed in float32 (float64 for float64 logits); the result has the student logits' dtype.
 
     Args:
-        T: temperature, a positive number.
+        T: temperature, a finite positive number.
 
     Shape:
         forward(student_logits, teacher_logits): both (N, C) on the same device → scalar.
@@ -27,9 +29,7 @@ class KDLoss(nn.Module):
 
     def __init__(self, T: float):
         super().__init__()
-        if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
-            raise ValueError(f"T must be a positive number, got {T!r}")
-        self.T = float(T)
+        self.T = real_number("T", T, positive=True)
 
     def extra_repr(self) -> str:
         return f"T={self.T}"

@@ -6,15 +6,16 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._tensors import check_floating, positive_int
+
 __all__ = ["OFD", "pre_relu_features"]
 
 
 def _check_map(name, x, channels):
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}")
+    check_floating(name, x)
+    if x.dim() != 4 or x.shape[0] == 0 or x.shape[1] != channels:
+        raise ValueError(f"{name} must have shape (B, {channels}, H, W) with B >= 1, got "
+                         f"{tuple(x.shape)}")
 
 
 class OFD(nn.Module):
@@ -40,10 +41,8 @@ class OFD(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, margin=None):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = out_channels = positive_int("out_channels", out_channels)
         self.connector = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(out_channels),

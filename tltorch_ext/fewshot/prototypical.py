@@ -1,22 +1,14 @@
 """Prototypical networks (Snell et al., 2017) and an N-way K-shot episode sampler."""
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
+from .._tensors import check_floating, positive_int
+
 __all__ = ["PrototypicalNetwork", "EpisodicSampler", "class_prototypes"]
 
 DISTANCES = ("sqeuclidean", "euclidean", "cosine")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value)}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
 
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -78,7 +70,7 @@ def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int)
     Returns (n_way, D), row c the prototype of class c, accumulated in float32 (float64 for float64
     embeddings) by one index_add over the samples (no loop over classes).
     """
-    n_way = _check_positive_int("n_way", n_way)
+    n_way = positive_int("n_way", n_way)
     if not isinstance(embeddings, torch.Tensor):
         raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings)}")
     if not embeddings.is_floating_point() or embeddings.ndim != 2:
@@ -130,7 +122,7 @@ class PrototypicalNetwork(nn.Module):
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 n_way: int) -> torch.Tensor:
-        n_way = _check_positive_int("n_way", n_way)
+        n_way = positive_int("n_way", n_way)
         for name, x in (("support", support), ("query", query)):
             if not isinstance(x, torch.Tensor) or x.ndim == 0:
                 raise TypeError(f"{name} must be a tensor of shape (N, ...), got {type(x)}")
@@ -142,7 +134,9 @@ class PrototypicalNetwork(nn.Module):
             )
         n_support = support.shape[0]
         counts = _class_counts("support_labels", support_labels, n_support, n_way, support.device)
-        embeddings = self.encoder(torch.cat([support, query])).flatten(1)
+        # The inputs may be anything the encoder reads (token ids too); its output must be floating.
+        embeddings = check_floating("encoder output", self.encoder(torch.cat([support, query])))
+        embeddings = embeddings.flatten(1)
         prototypes = _prototypes(embeddings[:n_support], support_labels, counts)
         queries = embeddings[n_support:].to(prototypes.dtype)
         return (-self._distances(queries, prototypes)).to(embeddings.dtype)
@@ -176,10 +170,10 @@ class EpisodicSampler(Sampler):
     def __init__(self, labels, n_way: int, k_shot: int, n_query: int, episodes: int,
                  generator=None):
         super().__init__()
-        self.n_way = _check_positive_int("n_way", n_way)
-        self.k_shot = _check_positive_int("k_shot", k_shot)
-        self.n_query = _check_positive_int("n_query", n_query)
-        self.episodes = _check_positive_int("episodes", episodes)
+        self.n_way = positive_int("n_way", n_way)
+        self.k_shot = positive_int("k_shot", k_shot)
+        self.n_query = positive_int("n_query", n_query)
+        self.episodes = positive_int("episodes", episodes)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
         self.generator = generator

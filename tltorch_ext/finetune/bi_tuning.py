@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._tensors import positive_int, real_number
 from ..distributed import all_gather_batch
 from ._common import GlobalAvgPool, check_module, features_dim_of, model_device, parameter_groups
 
@@ -35,11 +36,8 @@ class Classifier(nn.Module):
     ):
         super().__init__()
         self.backbone = check_module(backbone, "backbone")
-        for argument, value in (("num_classes", num_classes), ("projection_dim", projection_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{argument} must be a positive int, got {value!r}")
-        self.num_classes = num_classes
-        self.projection_dim = projection_dim
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.projection_dim = positive_int("projection_dim", projection_dim)
         self.features_dim = features_dim_of(backbone, features_dim)
         self.pool_layer = (
             GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
@@ -138,12 +136,9 @@ class BiTuning(nn.Module):
                 f"num_classes must equal the encoder's number of classes "
                 f"{encoder_q.head.out_features}, got {num_classes!r}"
             )
-        if not isinstance(K, int) or K < 1:
-            raise ValueError(f"K must be a positive int, got {K!r}")
-        if not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0:
-            raise ValueError(f"m must be in [0, 1], got {m!r}")
-        if not isinstance(T, (int, float)) or T <= 0:
-            raise ValueError(f"T must be positive, got {T!r}")
+        K = positive_int("K", K)
+        m = real_number("m", m, 0.0, 1.0)
+        T = real_number("T", T, positive=True)
         if encoder_k is None:
             encoder_k = copy.deepcopy(encoder_q)
         else:
@@ -155,7 +150,7 @@ class BiTuning(nn.Module):
         for param in encoder_k.parameters():
             param.requires_grad_(False)
         self.encoder_q, self.encoder_k = encoder_q, encoder_k
-        self.num_classes, self.K, self.m, self.T = num_classes, K, float(m), float(T)
+        self.num_classes, self.K, self.m, self.T = num_classes, K, m, T
         device = model_device(encoder_q)
 
         def random_keys(dim):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._tensors import check_floating, check_nonempty_batch, positive_int, real_number
 from ._common import (
     GlobalAvgPool,
     accumulation_dtype,
@@ -48,9 +49,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = check_module(backbone, "backbone")
         self.head_source = check_module(head_source, "head_source")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = positive_int("num_classes", num_classes)
         self.pool_layer = (
             GlobalAvgPool() if pool_layer is None else check_module(pool_layer, "pool_layer")
         )
@@ -131,14 +130,15 @@ def collect_pretrain_labels(
 
 
 def check_logit_pair(input: torch.Tensor, target: torch.Tensor) -> None:
-    for argument, value in (("input", input), ("target", target)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{argument} must be a tensor, got {type(value).__name__}")
+    """Both floating (b, N) with b >= 1, alike, on one device."""
+    check_floating("input", input)
+    check_floating("target", target)
     if input.dim() != 2 or input.shape != target.shape:
         raise ValueError(
             "input and target must both be (b, N) with the same shape, got "
             f"{tuple(input.shape)} and {tuple(target.shape)}"
         )
+    check_nonempty_batch("input", input)
     if input.device != target.device:
         raise ValueError(f"input is on {input.device} but target is on {target.device}")
 
@@ -154,9 +154,7 @@ class LwFLoss(nn.Module):
 
     def __init__(self, T: float = 2.0):
         super().__init__()
-        if not isinstance(T, (int, float)) or T <= 0:
-            raise ValueError(f"T must be a positive temperature, got {T!r}")
-        self.T = float(T)
+        self.T = real_number("T", T, positive=True)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_logit_pair(input, target)

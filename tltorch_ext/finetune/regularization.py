@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._tensors import positive_int, real_number
 from ._common import (
     accumulation_dtype,
     check_module,
@@ -204,6 +204,20 @@ class AttentionBehavioralRegularization(nn.Module):
         return sum(terms)
 
 
+def _per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The default criterion, with class labels checked (cross_entropy's own error is an
+    IndexError without the argument's name)."""
+    if not target.is_floating_point() and target.numel() and not (
+        0 <= int(target.min()) and int(target.max()) < output.shape[1]
+    ):
+        raise ValueError(
+            f"the data_loader's targets must be class labels in [0, {output.shape[1]}) for the "
+            f"model's {output.shape[1]} outputs, got values in "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
+    return F.cross_entropy(output, target, reduction="none")
+
+
 def _per_sample_loss(criterion, output, target, batch_size: int) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise TypeError(
@@ -254,12 +268,10 @@ def compute_channel_attention(
     """
     check_module(model, "model")
     resolve_layers(model, layer_names, "layer_names")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if not isinstance(channels_per_pass, int) or channels_per_pass < 1:
-        raise ValueError(f"channels_per_pass must be a positive int, got {channels_per_pass!r}")
+    temperature = real_number("temperature", temperature, positive=True)
+    channels_per_pass = positive_int("channels_per_pass", channels_per_pass)
     if criterion is None:
-        criterion = partial(F.cross_entropy, reduction="none")
+        criterion = _per_sample_cross_entropy
     device = model_device(model) if device is None else torch.device(device)
     getter = IntermediateLayerGetter(model, layer_names)
     modules = dict(model.named_modules())

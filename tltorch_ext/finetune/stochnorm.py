@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .._tensors import positive_int, real_number
 from ..ops.stoch_norm import stoch_norm, update_running_stats
 
 
@@ -25,11 +26,8 @@ class _StochNorm(_BatchNorm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, p=0.5, device=None, dtype=None):
-        if isinstance(num_features, bool) or not isinstance(num_features, int):
-            raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be at least 1, got {num_features}")
-        self.p = _probability(p)
+        num_features = positive_int("num_features", num_features)
+        self.p = real_number("p", p, 0.0, 1.0)
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
 
@@ -104,14 +102,6 @@ _STOCHNORM_OF = {
 }
 
 
-def _probability(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a number in [0, 1], got {type(p).__name__} {p!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p}")
-    return float(p)
-
-
 def rebuilt_as(norm: _BatchNorm, cls, *args) -> _BatchNorm:
     """``cls(norm's BatchNorm arguments, *args)`` on norm's device and dtype, carrying its affine
     parameters (and their ``requires_grad``), running statistics, ``num_batches_tracked`` and
@@ -133,7 +123,7 @@ def convert_model(module: nn.Module, p: float) -> nn.Module:
     module (``module`` itself is returned replaced when it is a BatchNorm)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    return _converted(module, _probability(p))
+    return _converted(module, real_number("p", p, 0.0, 1.0))
 
 
 def _converted(module: nn.Module, p: float) -> nn.Module:

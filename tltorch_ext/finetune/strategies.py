@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .._tensors import positive_int
 from ._common import check_module, collect_outputs
 from .layer_getter import IntermediateLayerGetter
 from .lwf import source_logits
@@ -103,8 +104,7 @@ class GradualUnfreezing:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        if not isinstance(epochs_per_stage, int) or epochs_per_stage < 1:
-            raise ValueError(f"epochs_per_stage must be a positive int, got {epochs_per_stage!r}")
+        epochs_per_stage = positive_int("epochs_per_stage", epochs_per_stage)
         if lr is not None and not (isinstance(lr, (int, float)) and lr >= 0):
             raise ValueError(f"lr must be a non-negative number or None, got {lr!r}")
         self.model, self.optimizer = model, optimizer
@@ -265,8 +265,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     is updated. Returns the model (modified in place).
     """
     check_module(model, "model")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = positive_int("num_classes", num_classes)
     if callable(getattr(model, "reset_classifier", None)):
         model.reset_classifier(num_classes)
         return model

@@ -1,0 +1,53 @@
+"""The benchmark harness and the GPU session script: what a first GPU run depends on, rehearsed
+on CPU."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tltorch_ext.benchmarking import harness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def failing_kernel():
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_failing_candidate_is_recorded_and_never_chosen_for_auto():
+    ones = torch.ones(4)
+    ok = harness.Case("bss", "tiny", {"torch": ones.sum, "tltorch_ext[cpu]": ones.sum,
+                                      "tltorch_ext[triton]": ones.sum}, baseline="torch")
+    broken = harness.Case("bss", "tiny 2", {"torch": ones.sum, "tltorch_ext[cpu]": ones.sum,
+                                            "tltorch_ext[triton]": failing_kernel},
+                          baseline="torch")
+    device = torch.device("cpu")
+    results = harness.run_case(ok, device, quick=True) + harness.run_case(broken, device, True)
+    failed = [r for r in results if r.error]
+    assert [(r.group, r.candidate) for r in failed] == [("tiny 2", "tltorch_ext[triton]")]
+    assert "illegal memory access" in failed[0].error and math.isnan(failed[0].median_ms)
+    assert "failed: RuntimeError: CUDA error" in harness.format_table(results)
+    # triton ran faster than cpu or not, it failed once, so auto must not take it
+    assert harness.fastest_backends(results, "cuda") == {"bss": {"cuda": ["cpu"]}}
+
+
+def test_gpu_session_dry_run_completes_every_stage(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "TRITON_INTERPRET": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--dry-run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = (tmp_path / "stages.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in stages] == ["versions", "build", "gpu_tests", "bench",
+                                                       "explain"]
+    assert all(": ok in " in line for line in stages), stages
+    results = json.loads((tmp_path / "cpu-quick.json").read_text())
+    assert results["device"]["device_type"] == "cpu" and results["results"]
+    auto = json.loads((tmp_path / "auto_backends.json").read_text())  # the session's cache
+    assert auto["bss"]["cpu"]
+    explained = (tmp_path / "explain.log").read_text()
+    assert str(tmp_path / "auto_backends.json") in explained  # auto reads what was measured
