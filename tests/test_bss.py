@@ -1,4 +1,4 @@
-"""Batch Spectral Shrinkage (SPEC §1.4): every backend against the float64 SVD."""
+"""Batch Spectral Shrinkage (docs/api_bss.md): every backend against the float64 SVD."""
 import math
 
 import pytest

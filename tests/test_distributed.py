@@ -1,4 +1,4 @@
-"""SyncStochNorm and the distributed helpers (SPEC §1.1).
+"""SyncStochNorm and the distributed helpers (docs/api_stochnorm.md).
 
 Two CPU processes (gloo, 127.0.0.1 only, free port, bounded time) run every distributed scenario
 once on their half of a batch and save what they saw; the tests compare those halves with

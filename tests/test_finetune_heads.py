@@ -1,4 +1,4 @@
-"""LwF, Co-Tuning and Bi-Tuning (SPEC §2)."""
+"""LwF, Co-Tuning and Bi-Tuning (docs/api_finetune.md)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""L2, L2-SP, DELTA regularizers, channel attention and IntermediateLayerGetter (SPEC §2)."""
+"""L2, L2-SP, DELTA regularizers, channel attention and IntermediateLayerGetter (docs/api_finetune.md)."""
 from collections import OrderedDict
 
 import pytest

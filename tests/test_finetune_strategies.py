@@ -1,4 +1,4 @@
-"""Fine-tuning strategies (SPEC §5)."""
+"""Fine-tuning strategies (docs/api_finetune.md)."""
 from collections import OrderedDict
 
 import pytest

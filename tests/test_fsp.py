@@ -1,4 +1,4 @@
-"""FSP (SPEC §1.2): every backend against a direct broadcast formulation in float64 (written only
+"""FSP (docs/api_fsp_nst.md): every backend against a direct broadcast formulation in float64 (written only
 here), a hand-computed case, gradients, custom-op checks, torch.compile, the module's pooling and
 bad input."""
 import pytest

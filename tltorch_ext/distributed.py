@@ -1,4 +1,4 @@
-"""Helpers for data-parallel training (SPEC §1.1, DDP-safe state).
+"""Helpers for data-parallel training (docs/api_stochnorm.md, DDP-safe state).
 
 Under ``torch.nn.parallel.DistributedDataParallel`` every rank sees a different slice of the
 batch. Parameters stay equal because DDP averages their gradients, but state that a module

@@ -1,4 +1,4 @@
-// Batch Spectral Shrinkage on CPU (SPEC §1.4); same functions and results as
+// Batch Spectral Shrinkage on CPU (docs/api_bss.md); same functions and results as
 // tltorch_ext/reference/bss.py, on (n, b, d) contiguous features.
 //
 // Forward: the smaller Gram G = A Aᵀ (A = F when b ≤ d, Fᵀ when b > d) in float64 by BLAS on a

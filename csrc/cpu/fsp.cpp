@@ -1,4 +1,4 @@
-// FSP on CPU (SPEC §1.2); same functions and results as tltorch_ext/reference/fsp.py.
+// FSP on CPU (docs/api_fsp_nst.md); same functions and results as tltorch_ext/reference/fsp.py.
 //
 // Work is split into tasks of (sample b, block of up to 64 rows of top). A task takes the
 // sample's rows of top and the columns of bot as accumulation-type panels (the input itself when

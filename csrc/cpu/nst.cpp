@@ -1,4 +1,4 @@
-// NST on CPU (SPEC §1.3); same functions and results as tltorch_ext/reference/nst.py.
+// NST on CPU (docs/api_fsp_nst.md); same functions and results as tltorch_ext/reference/nst.py.
 //
 // Parallel over samples. A sample's rows are normalized (s_i = f_i / max(‖f_i‖, ε)) while being
 // packed into per-thread scratch (also transposed, for the channel side). Forward reduces the

@@ -1,4 +1,4 @@
-// StochNorm on CPU (SPEC §1.1); same functions and results as tltorch_ext/reference/stoch_norm.py.
+// StochNorm on CPU (docs/api_stochnorm.md); same functions and results as tltorch_ext/reference/stoch_norm.py.
 //
 // x is viewed as (N, C, S) (see StochNormLayout in ops.h). Forward: one statistics pass (count,
 // mean and M2 = Σ(x − mean)² per channel) and one write pass y = (x − μ_c)·scale_c + β_c with the

@@ -1,4 +1,4 @@
-// Batch Spectral Shrinkage on CUDA (SPEC §1.4), torch-free.
+// Batch Spectral Shrinkage on CUDA (docs/api_bss.md), torch-free.
 //
 // Forward: gemm_kernel forms each Gram G = A Aᵀ in float64 (upper 32×32 tiles, mirrored); then
 // jacobi_kernel, one block per matrix, finds its k smallest eigenpairs by cyclic Jacobi in the

@@ -1,4 +1,4 @@
-// Batch Spectral Shrinkage CUDA kernels (SPEC §1.4): torch-free launchers on plain pointers.
+// Batch Spectral Shrinkage CUDA kernels (docs/api_bss.md): torch-free launchers on plain pointers.
 // The torch wrappers are in bindings_cuda.cpp; bss.cu describes the kernels.
 //
 // Each feature matrix F (b × d) of a batch is used through its Gram side A = F (b ≤ d) or

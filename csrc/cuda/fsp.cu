@@ -1,4 +1,4 @@
-// FSP on CUDA (SPEC §1.2): the products of tile_products.cu arranged for the FSP matrix, the fused
+// FSP on CUDA (docs/api_fsp_nst.md): the products of tile_products.cu arranged for the FSP matrix, the fused
 // loss and the input gradients; see fsp.cuh.
 #include "fsp.cuh"
 

@@ -1,4 +1,4 @@
-// NST on CUDA (SPEC §1.3): row norms, the products of tile_products.cu arranged for both Gram
+// NST on CUDA (docs/api_fsp_nst.md): row norms, the products of tile_products.cu arranged for both Gram
 // sides, and the normalization's gradient; see nst.cuh.
 #include <cmath>
 

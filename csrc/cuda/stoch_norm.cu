@@ -1,4 +1,4 @@
-// StochNorm CUDA kernels (SPEC §1.1); interface and conventions in stoch_norm.cuh.
+// StochNorm CUDA kernels (docs/api_stochnorm.md); interface and conventions in stoch_norm.cuh.
 //
 // Forward: a statistics pass, a per-channel combine, a write pass. Backward: a reduction pass for
 // Σdy and Σdy·(x − μ), a per-channel combine, a write pass. The reduction passes run on a grid of

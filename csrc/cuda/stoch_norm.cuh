@@ -1,4 +1,4 @@
-// StochNorm CUDA kernels (SPEC §1.1), torch-free: plain pointers, sizes and a stream.
+// StochNorm CUDA kernels (docs/api_stochnorm.md), torch-free: plain pointers, sizes and a stream.
 //
 // x is viewed as (N, C, S), S the product of the trailing sizes, stored channel-major per sample
 // (offset (n·C + c)·S + s) or channels-last (offset (n·S + s)·C + c). Per-channel tensors

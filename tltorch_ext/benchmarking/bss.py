@@ -1,4 +1,4 @@
-"""Batch Spectral Shrinkage, forward and forward+backward (SPEC §1.4).
+"""Batch Spectral Shrinkage, forward and forward+backward (docs/api_bss.md).
 
 Candidates on one feature matrix (b × d, float32), penalty = Σ of the k smallest σ²:
 ``tltorch_ext`` through each backend (the reference is a full SVD), ``torch.svd`` as a user of the

@@ -1,4 +1,4 @@
-"""FSP loss of one pair of maps per network, forward and forward+backward (SPEC §1.2).
+"""FSP loss of one pair of maps per network, forward and forward+backward (docs/api_fsp_nst.md).
 
 Candidates on the same (already pooled) maps: ``fsp_loss`` through each tltorch_ext backend, the
 direct broadcast formulation (top[:, :, None, :] · bot[:, None, :, :]).mean(-1), the baseline

@@ -1,4 +1,4 @@
-"""NST loss of one pair of maps, forward and forward+backward (SPEC §1.3).
+"""NST loss of one pair of maps, forward and forward+backward (docs/api_fsp_nst.md).
 
 Candidates on the same maps (student and teacher with equal shapes): ``nst_loss`` through each
 tltorch_ext backend (the cheaper Gram side chosen per call), the (B, C_s, C_t, HW) pairwise

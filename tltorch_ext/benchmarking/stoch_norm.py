@@ -1,4 +1,4 @@
-"""StochNorm2d in training, forward and forward+backward (SPEC §1.1).
+"""StochNorm2d in training, forward and forward+backward (docs/api_stochnorm.md).
 
 Candidates on the same input: the module through each tltorch_ext backend (the reference
 included), ``nn.BatchNorm2d`` (the floor: StochNorm does BatchNorm's work plus a per-channel

@@ -1,4 +1,4 @@
-"""distill: knowledge distillation losses (SPEC §4)."""
+"""distill: knowledge distillation losses (docs/api_distill.md)."""
 from .crd import CRDLoss, ContrastLoss, ContrastMemory, Embed
 from .fsp import FSP
 from .kd import KDLoss

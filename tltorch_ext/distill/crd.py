@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (Tian, Krishnan and Isola, 2020), SPEC §4.
+"""Contrastive representation distillation (Tian, Krishnan and Isola, 2020), docs/api_distill.md.
 
 The student's and the teacher's penultimate features are projected to a shared unit sphere
 (`Embed`). Each network keeps a memory bank of one unit vector per training example

@@ -1,4 +1,4 @@
-"""Flow of solution procedure (FSP) distillation (SPEC §1.2); the fused op is
+"""Flow of solution procedure (FSP) distillation (docs/api_fsp_nst.md); the fused op is
 :func:`tltorch_ext.ops.fsp_loss`."""
 from __future__ import annotations
 

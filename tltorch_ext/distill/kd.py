@@ -1,4 +1,4 @@
-"""Hinton's knowledge-distillation loss (SPEC §4)."""
+"""Hinton's knowledge-distillation loss (docs/api_distill.md)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,4 +1,4 @@
-"""Neuron selectivity transfer (NST) distillation (SPEC §1.3); the fused op is
+"""Neuron selectivity transfer (NST) distillation (docs/api_fsp_nst.md); the fused op is
 :func:`tltorch_ext.ops.nst_loss`."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Overhaul of feature distillation (Heo et al., 2019), SPEC §4."""
+"""Overhaul of feature distillation (Heo et al., 2019), docs/api_distill.md."""
 import contextlib
 import math
 

@@ -1,5 +1,5 @@
 """finetune: StochNorm, BSS, regularizers and strategies for fine-tuning pre-trained models
-(SPEC §1.1, §1.4, §2, §5).
+(docs/api_stochnorm.md, §1.4, §2, §5).
 
 The three ``Classifier`` variants are reached through their modules: ``lwf.Classifier``,
 ``co_tuning.Classifier`` (the same class) and ``bi_tuning.Classifier``.
@@ -30,22 +30,22 @@ from .strategies import (
 from .sync_stochnorm import SyncStochNorm
 
 __all__ = [
-    # StochNorm (SPEC §1.1)
+    # StochNorm (docs/api_stochnorm.md)
     "StochNorm1d",
     "StochNorm2d",
     "StochNorm3d",
     "SyncStochNorm",
     "convert_model",
-    # BSS (SPEC §1.4)
+    # BSS (docs/api_bss.md)
     "BatchSpectralShrinkage",
-    # regularizers (SPEC §2)
+    # regularizers (docs/api_finetune.md)
     "L2Regularization",
     "SPRegularization",
     "BehavioralRegularization",
     "AttentionBehavioralRegularization",
     "compute_channel_attention",
     "IntermediateLayerGetter",
-    # LwF, Co-Tuning, Bi-Tuning (SPEC §2)
+    # LwF, Co-Tuning, Bi-Tuning (docs/api_finetune.md)
     "lwf",
     "LwFLoss",
     "collect_pretrain_labels",
@@ -55,7 +55,7 @@ __all__ = [
     "bi_tuning",
     "BiTuning",
     "Bituning",
-    # strategies (SPEC §5)
+    # strategies (docs/api_finetune.md)
     "strategies",
     "FeatureExtractor",
     "extract_features",

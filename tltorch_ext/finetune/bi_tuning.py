@@ -1,5 +1,5 @@
 """Bi-Tuning: contrastive learning on both the projection and the classifier side, with per-class
-queues of momentum-encoded keys (SPEC §2)."""
+queues of momentum-encoded keys (docs/api_finetune.md)."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,4 @@
-"""Batch Spectral Shrinkage (SPEC §1.4): a fine-tuning regularizer that penalizes the smallest
+"""Batch Spectral Shrinkage (docs/api_bss.md): a fine-tuning regularizer that penalizes the smallest
 singular values of the batch's feature matrix, the directions least transferable from the source
 task. The fused op lives in :mod:`tltorch_ext.ops.bss`.
 """

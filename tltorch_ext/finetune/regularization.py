@@ -1,4 +1,4 @@
-"""Parameter and feature-map regularizers for fine-tuning: L2, L2-SP and DELTA (SPEC §2).
+"""Parameter and feature-map regularizers for fine-tuning: L2, L2-SP and DELTA (docs/api_finetune.md).
 
 Every loss accumulates in float32 for float16/bfloat16 tensors (float64 stays float64) and is
 returned in that accumulation dtype: a half-precision sum of squares overflows easily.

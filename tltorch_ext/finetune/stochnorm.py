@@ -1,4 +1,4 @@
-"""StochNorm (SPEC §1.1): BatchNorm whose channels each normalize, at random, with the batch or
+"""StochNorm (docs/api_stochnorm.md): BatchNorm whose channels each normalize, at random, with the batch or
 the running statistics during fine-tuning.
 
 The modules subclass ``_BatchNorm``, so a BatchNorm ``state_dict`` loads unchanged; the fused op

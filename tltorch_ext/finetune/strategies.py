@@ -1,4 +1,4 @@
-"""Fine-tuning strategies (SPEC §5): feature extraction, gradual unfreezing, layer-wise learning
+"""Fine-tuning strategies (docs/api_finetune.md): feature extraction, gradual unfreezing, layer-wise learning
 rates, a freezing policy by data-set size, forgetting measurement and head replacement.
 
 A model's *blocks* are its top-level children that hold parameters, in definition order (taken

@@ -1,4 +1,4 @@
-"""Triton kernels of Batch Spectral Shrinkage (SPEC §1.4); same functions as
+"""Triton kernels of Batch Spectral Shrinkage (docs/api_bss.md); same functions as
 :mod:`tltorch_ext.reference.bss`, on (n, b, d) inputs.
 
 Forward, per matrix F of the batch, with A = F (b ≤ d) or A = Fᵀ (b > d), A of shape m × L:

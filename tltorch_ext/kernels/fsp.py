@@ -1,4 +1,4 @@
-"""FSP in Triton (SPEC §1.2): the same ``matrix``/``forward``/``backward`` as
+"""FSP in Triton (docs/api_fsp_nst.md): the same ``matrix``/``forward``/``backward`` as
 :mod:`tltorch_ext.reference.fsp`, on the tiled product kernel of :mod:`._gram`.
 
 - ``matrix``: G = top · botᵀ / HW written tile by tile;

@@ -1,4 +1,4 @@
-"""NST in Triton (SPEC §1.3): the same ``forward``/``backward`` as
+"""NST in Triton (docs/api_fsp_nst.md): the same ``forward``/``backward`` as
 :mod:`tltorch_ext.reference.nst`, on the tiled product kernel of :mod:`._gram`.
 
 The row norms come from one small kernel; everything else reads the raw maps and divides each

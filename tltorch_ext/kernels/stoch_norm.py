@@ -1,4 +1,4 @@
-"""StochNorm in Triton (SPEC §1.1): the same ``forward``/``backward`` as
+"""StochNorm in Triton (docs/api_stochnorm.md): the same ``forward``/``backward`` as
 :mod:`tltorch_ext.reference.stoch_norm`, in four kernels per direction pair.
 
 x (N, C, *) is viewed as (N, C, S), S the product of the trailing sizes, and cut into tiles of

@@ -1,4 +1,4 @@
-"""Batch Spectral Shrinkage operators (SPEC §1.4).
+"""Batch Spectral Shrinkage operators (docs/api_bss.md).
 
 - ``tltorch_ext::bss_forward(feature (n, b, d), k)`` → (penalty (n,), vectors (n, m, k)):
   penalty_j = Σ of the k smallest σ² of feature[j], m = min(b, d); vectors are the eigenvectors

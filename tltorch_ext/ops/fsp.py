@@ -1,4 +1,4 @@
-"""FSP operators (SPEC §1.2).
+"""FSP operators (docs/api_fsp_nst.md).
 
 For a pair of maps of one network, bot (B, C_bot, HW) and top (B, C_top, HW), the FSP matrix is
 G = top · botᵀ / HW (B, C_top, C_bot).

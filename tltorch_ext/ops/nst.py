@@ -1,4 +1,4 @@
-"""NST operators (SPEC §1.3).
+"""NST operators (docs/api_fsp_nst.md).
 
 f_s (B, C_s, HW) and f_t (B, C_t, HW): each channel's row is L2-normalized over HW (ε = 1e-12),
 giving S and T per sample; the loss (1/B) Σ_b ‖S_bᵀS_b/C_s − T_bᵀT_b/C_t‖²_F is computed either

@@ -1,4 +1,4 @@
-"""StochNorm operators (SPEC §1.1).
+"""StochNorm operators (docs/api_stochnorm.md).
 
 - ``tltorch_ext::stoch_norm_forward``: functional; (y, save_mean, save_invstd, batch_mean,
   batch_var): the per-channel statistics each channel normalized with (all backward needs besides

@@ -1,4 +1,4 @@
-"""Plain-PyTorch Batch Spectral Shrinkage (SPEC §1.4): the oracle and the fallback backend.
+"""Plain-PyTorch Batch Spectral Shrinkage (docs/api_bss.md): the oracle and the fallback backend.
 
 For one feature matrix F (b × d) with singular values σ_1 ≥ … ≥ σ_m (m = min(b, d)), the penalty
 is Σ_{i > m − k} σ_i², the k smallest squared. This backend takes them from a full SVD

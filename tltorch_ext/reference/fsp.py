@@ -1,4 +1,4 @@
-"""Plain-PyTorch FSP (SPEC §1.2): the fallback backend, built on ``torch.bmm``.
+"""Plain-PyTorch FSP (docs/api_fsp_nst.md): the fallback backend, built on ``torch.bmm``.
 
 Maps are (B, C, HW) (any strides). The FSP matrix of a pair (bot, top) of one network is
 G = top · botᵀ / HW ∈ ℝ^{B × C_top × C_bot}. The fused loss is mean((G_s − G_t)²); its input

@@ -1,4 +1,4 @@
-"""Plain-PyTorch NST (SPEC §1.3): the fallback backend, built on ``torch.bmm``.
+"""Plain-PyTorch NST (docs/api_fsp_nst.md): the fallback backend, built on ``torch.bmm``.
 
 f_s (B, C_s, HW) and f_t (B, C_t, HW) (any strides); each channel's row is L2-normalized,
 s_i = f_i / max(‖f_i‖, ε), ε = 1e-12. With S (C_s × HW) and T (C_t × HW) the normalized rows of
