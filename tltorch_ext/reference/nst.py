@@ -13,7 +13,8 @@ Gradients with respect to the normalized rows, g the upstream gradient:
             with P_s = SᵀS, E = P_s/C_s − TᵀT/C_t;
   channel:  dS = 4g/B · (S Sᵀ S/C_s² − S Tᵀ T/(C_s C_t)),   dT = −4g/(B C_s C_t) · T Sᵀ S;
 then through the normalization: df_i = (ds_i − s_i ⟨s_i, ds_i⟩)/‖f_i‖ (ds_i/ε where ‖f_i‖ ≤ ε).
-Accumulation in float32 (float64 for float64 inputs).
+Accumulation in float32 (float64 for float64 inputs); the op layer (tltorch_ext.ops.nst) hands
+the channel-side forward float64 maps on every backend.
 """
 from __future__ import annotations
 
