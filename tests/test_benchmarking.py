@@ -51,3 +51,14 @@ def test_gpu_session_dry_run_completes_every_stage(tmp_path):
     assert auto["bss"]["cpu"]
     explained = (tmp_path / "explain.log").read_text()
     assert str(tmp_path / "auto_backends.json") in explained  # auto reads what was measured
+
+
+def test_bench_does_not_import_the_demo():
+    code = ("import sys\nfrom tltorch_ext import cli\n"
+            "args = cli.build_parser(demo_options=False).parse_args(['bench', '--ops', 'bss'])\n"
+            "assert not any(m.startswith('tltorch_ext.demo') for m in sys.modules), 'demo loaded'\n"
+            "cli.build_parser().parse_args(['demo', '--seeds', '0'])\n"
+            "assert 'tltorch_ext.demo' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

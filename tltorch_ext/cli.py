@@ -41,7 +41,9 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(demo_options: bool = True) -> argparse.ArgumentParser:
+    """The tltorch-ext parser; without ``demo_options`` the demo package is not imported (the
+    bench command leaves it out)."""
     from .benchmarking.harness import OPS  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="tltorch-ext", description=__doc__)
@@ -58,16 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_bench)
 
-    from .demo import add_arguments  # noqa: PLC0415
-
     demo = sub.add_parser("demo", help="fine-tuning methods compared on a small transfer task")
-    add_arguments(demo)
+    if demo_options:
+        from .demo import add_arguments  # noqa: PLC0415
+
+        add_arguments(demo)
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(demo_options=argv[:1] != ["bench"]).parse_args(argv)
     return args.func(args)
 
 
