@@ -14,7 +14,7 @@ Gradients with respect to the normalized rows, g the upstream gradient:
   channel:  dS = 4g/B · (S Sᵀ S/C_s² − S Tᵀ T/(C_s C_t)),   dT = −4g/(B C_s C_t) · T Sᵀ S;
 then through the normalization: df_i = (ds_i − s_i ⟨s_i, ds_i⟩)/‖f_i‖ (ds_i/ε where ‖f_i‖ ≤ ε).
 Accumulation in float32 (float64 for float64 inputs); the op layer (tltorch_ext.ops.nst) hands
-the channel-side forward float64 maps on every backend.
+the channel-side forward float64 maps where float64 is fast (CPU, full-rate GPUs).
 """
 from __future__ import annotations
 
