@@ -49,7 +49,7 @@ def test_recorded_auto_order_goes_to_the_user_cache_and_overrides_the_package(tm
     packaged.write_text('{"bss": {"cpu": ["cpu", "reference"]}, "fsp": {"cpu": ["cpu"]}}')
     monkeypatch.setattr(_backend, "AUTO_TABLE", packaged)
     monkeypatch.setenv("TLTORCH_EXT_CACHE", str(tmp_path / "cache"))
-    _backend._auto_sources.cache_clear()
+    _backend._auto_tables.cache_clear()
     try:
         path = _backend.record_auto_orders({"bss": {"cpu": ["reference", "cpu"],
                                                     "cuda": ["triton", "cuda"]}})
@@ -62,22 +62,23 @@ def test_recorded_auto_order_goes_to_the_user_cache_and_overrides_the_package(tm
         assert str(path) in tltorch_ext.explain_backend("bss", "cpu")
         assert str(packaged) in tltorch_ext.explain_backend("fsp", "cpu")
     finally:
-        _backend._auto_sources.cache_clear()
+        _backend._auto_tables.cache_clear()
 
 
 def test_auto_on_cuda_runs_the_reference_until_a_gpu_measurement_exists(tmp_path, monkeypatch):
     monkeypatch.setattr(_backend, "AUTO_TABLE", tmp_path / "none.json")
     monkeypatch.setenv("TLTORCH_EXT_CACHE", str(tmp_path))
-    _backend._auto_sources.cache_clear()
+    _backend._auto_tables.cache_clear()
     try:
         for op in ("bss", "fsp", "nst", "stoch_norm"):
             assert _backend.auto_order(op, "cuda") == ("reference",)
             explained = tltorch_ext.explain_backend(op, "cuda")
-            assert explained.startswith(f"{op} on cuda: runs 'reference'; auto found no measurement")
+            assert explained.startswith(
+                f"{op} on cuda: runs 'reference'; auto found no measurement")
         with tltorch_ext.set_backend("reference"):
             assert "set_backend('reference')" in tltorch_ext.explain_backend("bss")
     finally:
-        _backend._auto_sources.cache_clear()
+        _backend._auto_tables.cache_clear()
 
 
 def _loss_of(op):

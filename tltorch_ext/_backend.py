@@ -154,17 +154,16 @@ def _merged(table: dict, orders: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _auto_sources() -> dict[tuple[str, str], Path]:
-    """(op, device type) → the table whose measurement auto uses (the user's over the package's)."""
-    sources = {}
+def _auto_tables() -> tuple[dict, dict[tuple[str, str], Path]]:
+    """The measured orders auto uses (the user's over the package's), read once, and for each
+    (op, device type) the table its order came from."""
+    table, sources = {}, {}
     for path in (AUTO_TABLE, user_auto_table()):
-        for op, per_device in _read_table(path).items():
-            sources.update({(op, device_type): path for device_type in per_device})
-    return sources
-
-
-def _auto_table() -> dict:
-    return _merged(_read_table(AUTO_TABLE), _read_table(user_auto_table()))
+        recorded = _read_table(path)
+        table = _merged(table, recorded)
+        sources.update({(op, device_type): path
+                        for op, per_device in recorded.items() for device_type in per_device})
+    return table, sources
 
 
 def record_auto_orders(orders: dict[str, dict[str, list[str]]]) -> Path:
@@ -175,14 +174,13 @@ def record_auto_orders(orders: dict[str, dict[str, list[str]]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_merged(_read_table(path), orders), indent=1, sort_keys=True)
                     + "\n")
-    _auto_sources.cache_clear()
+    _auto_tables.cache_clear()
     return path
 
 
 def auto_order(op: str, device_type: str) -> tuple[str, ...]:
     """Backends ``auto`` tries for ``op`` on ``device_type``, fastest measured first."""
-    source = _auto_sources().get((op, device_type))
-    measured = _read_table(source).get(op, {}).get(device_type) if source else None
+    measured = _auto_tables()[0].get(op, {}).get(device_type)
     return tuple(measured or _DEFAULT_AUTO_ORDER.get(device_type, ("reference",)))
 
 
@@ -206,9 +204,10 @@ def explain_backend(op: str, device="cpu") -> str:
     available = available_backends(device_type, op)
     if name != "auto":
         why = f"set_backend({name!r}) (or TLTORCH_EXT_BACKEND) chose it"
-    elif (op, device_type) in _auto_sources():
+    elif (op, device_type) in _auto_tables()[1]:
         why = (f"auto takes the fastest available of the measured order "
-               f"{list(auto_order(op, device_type))} recorded in {_auto_sources()[(op, device_type)]}")
+               f"{list(auto_order(op, device_type))} recorded in "
+               f"{_auto_tables()[1][(op, device_type)]}")
     else:
         why = (f"auto found no measurement for {op} on {device_type} and takes the default order "
                f"{list(auto_order(op, device_type))}"

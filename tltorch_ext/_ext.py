@@ -53,9 +53,11 @@ def has_cuda() -> bool:
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
+@functools.lru_cache(maxsize=None)
 def has_op(op: str, backend: str) -> bool:
     """Whether the compiled module registered a ``backend`` ('cpu' or 'cuda') kernel for ``op``'s
-    forward (a stale build may predate the op)."""
+    forward (a stale build may predate the op). Asked on every op call, and fixed once _C is
+    loaded: cached."""
     return (extension() is not None and hasattr(torch.ops.tltorch_ext_C, f"{op}_forward")
             and torch._C._dispatch_has_kernel_for_dispatch_key(f"tltorch_ext_C::{op}_forward",
                                                                 _DISPATCH_KEYS[backend]))
