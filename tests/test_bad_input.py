@@ -292,7 +292,7 @@ def public_names():
         if inspect.ismodule(value):
             short = value.__name__.rsplit(".", 1)[-1]
             names += [f"{short}.{member}" for member in value.__all__
-                      if not hasattr(tl, member) or getattr(tl, member) is not getattr(value, member)]
+                      if getattr(tl, member, None) is not getattr(value, member)]
         else:
             names.append(name)
     return names

@@ -1,4 +1,5 @@
-"""L2, L2-SP, DELTA regularizers, channel attention and IntermediateLayerGetter (docs/api_finetune.md)."""
+"""L2, L2-SP, DELTA regularizers, channel attention and IntermediateLayerGetter
+(docs/api_finetune.md)."""
 from collections import OrderedDict
 
 import pytest

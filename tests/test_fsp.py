@@ -1,6 +1,6 @@
-"""FSP (docs/api_fsp_nst.md): every backend against a direct broadcast formulation in float64 (written only
-here), a hand-computed case, gradients, custom-op checks, torch.compile, the module's pooling and
-bad input."""
+"""FSP (docs/api_fsp_nst.md): every backend against a direct broadcast formulation in float64
+(written only here), a hand-computed case, gradients, custom-op checks, torch.compile, the
+module's pooling and bad input."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,5 @@
-"""NST (docs/api_fsp_nst.md): every backend and both Gram sides against the (B, C_s, C_t) pairwise kernel
-sums in float64 (written only here), a hand-computed case, gradients (the teacher self-term
+"""NST (docs/api_fsp_nst.md): every backend and both Gram sides against the (B, C_s, C_t)
+pairwise kernel sums in float64 (written only here), a hand-computed case, gradients (the teacher self-term
 carrying none), custom-op checks, torch.compile, the module's pooling and bad input."""
 import pathlib
 import re

@@ -1,7 +1,7 @@
-"""StochNorm (docs/api_stochnorm.md): the op through every backend, the reference included, against
-an independent float64 closed form (two F.batch_norm mixed per channel) and further closed forms
-(BatchNorm at p = 1, running statistics at p = 0), gradients, custom-op checks, torch.compile, module state and
-bad input."""
+"""StochNorm (docs/api_stochnorm.md): the op through every backend, the reference included,
+against an independent float64 closed form (two F.batch_norm mixed per channel) and further
+closed forms (BatchNorm at p = 1, running statistics at p = 0), gradients, custom-op checks,
+torch.compile, module state and bad input."""
 import copy
 
 import pytest

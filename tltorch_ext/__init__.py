@@ -1,6 +1,7 @@
 """tltorch_ext: transfer learning for PyTorch with fused Triton and C++/CUDA kernels.
 
-Every public name of the subpackages is re-exported here (the README lists them; docs/ gives the math).
+Every public name of the subpackages is re-exported here (the README lists them; docs/ gives the
+math).
 """
 from ._backend import available_backends, explain_backend, get_backend, set_backend
 from . import ops  # noqa: F401  registers the torch.ops.tltorch_ext.* operators

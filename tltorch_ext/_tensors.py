@@ -41,7 +41,8 @@ def check_floating(name: str, t, ndim: int | None = None) -> torch.Tensor:
 def check_nonempty_batch(name: str, t: torch.Tensor) -> torch.Tensor:
     """A loss averages over the batch: an empty one has no defined value, so it is refused."""
     if t.dim() == 0 or t.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample (N >= 1), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must hold at least one sample (N >= 1), got shape "
+                         f"{tuple(t.shape)}")
     return t
 
 

@@ -1,6 +1,7 @@
-// StochNorm on CPU (docs/api_stochnorm.md); same functions and results as tltorch_ext/reference/stoch_norm.py.
+// StochNorm on CPU (docs/api_stochnorm.md); same functions and results as
+// tltorch_ext/reference/stoch_norm.py.
 //
-// x is viewed as (N, C, S) (see StochNormLayout in ops.h). Forward: one statistics pass (count,
+// x is viewed as (N, C, S) (see StochNormLayout in stoch_norm.h). Forward: one statistics pass (count,
 // mean and M2 = Σ(x − mean)² per channel) and one write pass y = (x − μ_c)·scale_c + β_c with the
 // batch or running statistics chosen per channel by the mask. Backward: one pass for Σdy and
 // Σdy·(x − μ_c) per channel and one write pass dx = k_dy·dy + k_xmu·(x − μ_c) + k_c.

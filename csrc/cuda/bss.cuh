@@ -1,5 +1,5 @@
 // Batch Spectral Shrinkage CUDA kernels (docs/api_bss.md): torch-free launchers on plain pointers.
-// The torch wrappers are in bindings_cuda.cpp; bss.cu describes the kernels.
+// The torch wrappers are in bss_binding.cpp; bss.cu describes the kernels.
 //
 // Each feature matrix F (b × d) of a batch is used through its Gram side A = F (b ≤ d) or
 // A = Fᵀ (b > d), an m × L matrix (m = min(b, d)) given by strides into the feature tensor.

@@ -1,5 +1,5 @@
-// FSP on CUDA (docs/api_fsp_nst.md): the products of tile_products.cu arranged for the FSP matrix, the fused
-// loss and the input gradients; see fsp.cuh.
+// FSP on CUDA (docs/api_fsp_nst.md): the products of tile_products.cu arranged for the FSP
+// matrix, the fused loss and the input gradients; see fsp.cuh.
 #include "fsp.cuh"
 
 namespace tltorch_ext::cuda {

@@ -1,4 +1,5 @@
-// FSP on CUDA (docs/api_fsp_nst.md), torch-free launchers; the torch wrappers are in bindings_cuda.cpp.
+// FSP on CUDA (docs/api_fsp_nst.md), torch-free launchers; the torch wrappers are in
+// fsp_binding.cpp.
 // Maps are (B, C, HW) of any strides and floating type; accumulation is float (double for double
 // maps). Every launcher returns the first CUDA error it meets.
 #pragma once

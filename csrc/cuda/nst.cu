@@ -1,5 +1,5 @@
-// NST on CUDA (docs/api_fsp_nst.md): row norms, the products of tile_products.cu arranged for both Gram
-// sides, and the normalization's gradient; see nst.cuh.
+// NST on CUDA (docs/api_fsp_nst.md): row norms, the products of tile_products.cu arranged for
+// both Gram sides, and the normalization's gradient; see nst.cuh.
 #include <cmath>
 
 #include "nst.cuh"

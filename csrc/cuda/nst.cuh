@@ -1,4 +1,5 @@
-// NST on CUDA (docs/api_fsp_nst.md), torch-free launchers; the torch wrappers are in bindings_cuda.cpp.
+// NST on CUDA (docs/api_fsp_nst.md), torch-free launchers; the torch wrappers are in
+// nst_binding.cpp.
 // f_s (B, C_s, L) and f_t (B, C_t, L) of any strides and floating type; norms (B, C) contiguous
 // in the accumulation type (float, double for double maps). Every launcher returns the first CUDA
 // error it meets.

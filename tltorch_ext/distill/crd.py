@@ -226,8 +226,9 @@ class CRDLoss(nn.Module):
     Gradients reach the student features and both embeddings (and the teacher features if they
     require grad). ``n_data`` (the number of training examples, the bank size) is required.
     ``contrast_idx`` fixes the noise examples instead of drawing them: (B, nce_k) noise indices,
-    or (B, nce_k + 1) with the positive (idx) first, as RepDistiller's data sets yield it. The banks and the normalization constants are buffers, saved in the state_dict. The loss
-    has f_s's dtype.
+    or (B, nce_k + 1) with the positive (idx) first, as RepDistiller's data sets yield it. The
+    banks and the normalization constants are buffers, saved in the state_dict. The loss has f_s's
+    dtype.
     """
 
     def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, nce_k: int = 16384,

@@ -1,5 +1,5 @@
 """finetune: StochNorm, BSS, regularizers and strategies for fine-tuning pre-trained models
-(docs/api_stochnorm.md, §1.4, §2, §5).
+(docs/api_stochnorm.md, docs/api_bss.md, docs/api_finetune.md).
 
 The three ``Classifier`` variants are reached through their modules: ``lwf.Classifier``,
 ``co_tuning.Classifier`` (the same class) and ``bi_tuning.Classifier``.

@@ -1,4 +1,5 @@
-"""Parameter and feature-map regularizers for fine-tuning: L2, L2-SP and DELTA (docs/api_finetune.md).
+"""Parameter and feature-map regularizers for fine-tuning: L2, L2-SP and DELTA
+(docs/api_finetune.md).
 
 Every loss accumulates in float32 for float16/bfloat16 tensors (float64 stays float64) and is
 returned in that accumulation dtype: a half-precision sum of squares overflows easily.
@@ -207,14 +208,13 @@ class AttentionBehavioralRegularization(nn.Module):
 def _per_sample_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The default criterion, with class labels checked (cross_entropy's own error is an
     IndexError without the argument's name)."""
-    if not target.is_floating_point() and target.numel() and not (
-        0 <= int(target.min()) and int(target.max()) < output.shape[1]
-    ):
-        raise ValueError(
-            f"the data_loader's targets must be class labels in [0, {output.shape[1]}) for the "
-            f"model's {output.shape[1]} outputs, got values in "
-            f"[{int(target.min())}, {int(target.max())}]"
-        )
+    if not target.is_floating_point() and target.numel():
+        low, high, classes = int(target.min()), int(target.max()), output.shape[1]
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"the data_loader's targets must be class labels in [0, {classes}) for the "
+                f"model's {classes} outputs, got values in [{low}, {high}]"
+            )
     return F.cross_entropy(output, target, reduction="none")
 
 

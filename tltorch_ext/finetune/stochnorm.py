@@ -1,5 +1,5 @@
-"""StochNorm (docs/api_stochnorm.md): BatchNorm whose channels each normalize, at random, with the batch or
-the running statistics during fine-tuning.
+"""StochNorm (docs/api_stochnorm.md): BatchNorm whose channels each normalize, at random, with
+the batch or the running statistics during fine-tuning.
 
 The modules subclass ``_BatchNorm``, so a BatchNorm ``state_dict`` loads unchanged; the fused op
 lives in :mod:`tltorch_ext.ops.stoch_norm`.

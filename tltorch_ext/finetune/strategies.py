@@ -1,5 +1,5 @@
-"""Fine-tuning strategies (docs/api_finetune.md): feature extraction, gradual unfreezing, layer-wise learning
-rates, a freezing policy by data-set size, forgetting measurement and head replacement.
+"""Fine-tuning strategies (docs/api_finetune.md): feature extraction, gradual unfreezing,
+layer-wise learning rates, a freezing policy by data-set size, forgetting measurement and head replacement.
 
 A model's *blocks* are its top-level children that hold parameters, in definition order (taken
 as the forward order), the last one being the head; parameters registered directly on the model

@@ -1,5 +1,5 @@
-"""SyncStochNorm (docs/api_stochnorm.md): StochNorm whose batch statistics and channel selection are shared
-by every rank of a process group, for data-parallel training (gloo on CPU, NCCL on CUDA).
+"""SyncStochNorm (docs/api_stochnorm.md): StochNorm whose batch statistics and channel selection
+are shared by every rank of a process group, for data-parallel training (gloo on CPU, NCCL on CUDA).
 
 The cross-rank parts are one all_reduce in forward and one in backward. The local parts
 (per-channel moments, the normalization, the gradient sums) are plain PyTorch on every device:

@@ -47,7 +47,8 @@ def _forward(f_s: Tensor, f_t: Tensor, spatial: bool) -> tuple[Tensor, Tensor, T
         return forward(f_s, f_t, spatial)
     # The channel side is ‖T Tᵀ‖²/C_t² + ‖S Sᵀ‖²/C_s² − 2‖S Tᵀ‖²/(C_s C_t): three O(1) terms that
     # cancel as the student approaches the teacher (in float32, 1e-4 relative error at 1% noise).
-    # Its Grams are carried in float64 on every backend; the maps are small next to the Grams.
+    # Where float64 is fast its Grams are carried in float64, on every backend; the float64 copies
+    # of the maps are small next to the Grams.
     acc = stat_dtype(f_s.dtype)
     loss, norm_s, norm_t = forward(f_s.double(), f_t.double(), spatial)
     return loss.to(f_s.dtype), norm_s.to(acc), norm_t.to(acc)

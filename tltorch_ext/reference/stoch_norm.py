@@ -1,4 +1,5 @@
-"""Plain-PyTorch StochNorm forward and backward (docs/api_stochnorm.md): the oracle and the fallback backend.
+"""Plain-PyTorch StochNorm forward and backward (docs/api_stochnorm.md): the oracle and the
+fallback backend.
 
 Per channel c with selection s_c (the mask): the statistics used are the batch ones (μ_B, σ²_B,
 biased) where s_c = 1 and the running ones where s_c = 0; x̂ = (x − μ)·invstd, y = γ x̂ + β.
