@@ -1,8 +1,7 @@
-"""The demo's constants (image suffixes, layers, loss weights, pre-training) and DemoError."""
+"""The demo's constants (image suffixes, loss weights, pre-training) and DemoError."""
 from __future__ import annotations
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
-LAYERS = ("backbone.block1", "backbone.block2", "backbone.block3")  # DELTA's feature maps
 
 # Loss weights of the regularizers (loss = CE + weight · regularizer): the usual values of the
 # methods' papers and reference code, not tuned on this task's test set.
@@ -13,9 +12,14 @@ STOCHNORM_P = 0.5
 CO_TUNING_WEIGHT = 2.3
 LWF_WEIGHT = 1.0
 LWF_TEMPERATURE = 2.0
+DANN_WEIGHT = 1.0  # with the warm-start gradient reversal of Ganin et al. over the run's steps
+CONSISTENCY_WEIGHT = 3.0  # self-ensembling (French et al., 2018)
+CONFIDENCE_THRESHOLD = 0.9
+EMA_ALPHA = 0.99
 # Source pre-training: SGD over every source sample; part of the cache key.
 PRETRAIN_RECIPE = {
-    "optimizer": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+    "optimizer": "SGD", "schedule": "one-cycle", "lr": 0.1, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 5e-4,
     "batch_size": 64,
 }
 
