@@ -431,7 +431,7 @@ def test_bsp_is_the_sum_of_the_top_k_squared_singular_values(k):
     expected = top_k_sigma_squared(f_s, k) + top_k_sigma_squared(f_t, k)
     assert got.dtype == D64 and got.shape == ()
     assert got.item() == pytest.approx(expected.item(), rel=1e-12)
-    svd = torch.linalg.svdvals(f_s)[:k].square().sum() + torch.linalg.svdvals(f_t)[:k].square().sum()
+    svd = sum(torch.linalg.svdvals(f)[:k].square().sum() for f in (f_s, f_t))
     assert got.item() == pytest.approx(svd.item(), rel=1e-12)
 
 

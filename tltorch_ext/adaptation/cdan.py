@@ -129,7 +129,8 @@ class ConditionalDomainAdversarialLoss(nn.Module):
             ``DomainDiscriminator(d_f * C, 1024)``.
         entropy_conditioning: weight the samples by 1 + exp(−H(p)) (CDAN+E).
         randomized: use the randomized multilinear map (needs ``num_classes`` and
-            ``features_dim``), whose fixed matrices are buffers of ``self.map``.
+            ``features_dim``), whose fixed matrices, drawn from torch's global generator at
+            construction, are buffers of ``self.map`` (saved in ``state_dict``).
         num_classes, features_dim: C and d_f. Required when randomized; otherwise optional, and
             checked against the inputs when given.
         randomized_dim: d, the output dimension of the randomized map.
@@ -169,7 +170,10 @@ class ConditionalDomainAdversarialLoss(nn.Module):
             self.map = MultiLinearMap()
         # The adversarial part (GRL, discriminator, BCE, reductions, accuracy) is DANN's.
         self.adversarial = DomainAdversarialLoss(discriminator, reduction=reduction, grl=grl)
-        self.reduction = self.adversarial.reduction
+
+    @property
+    def reduction(self) -> str:
+        return self.adversarial.reduction
 
     @property
     def domain_discriminator(self) -> nn.Module:
