@@ -33,6 +33,16 @@ def discriminator_loss():
     return tl.DomainAdversarialLoss(tl.DomainDiscriminator(4, 8))
 
 
+def cdan_loss(**kwargs):
+    return tl.ConditionalDomainAdversarialLoss(tl.DomainDiscriminator(6, 8), **kwargs)
+
+
+def mdd_call(y_s=None, y_t=None):
+    y = torch.randn(2, 3)
+    y_s, y_t = (y if y_s is None else y_s), (y if y_t is None else y_t)
+    return tl.MarginDisparityDiscrepancy()(y_s, y, y, y_t)
+
+
 def bi_tuning_classifier():
     return bi_tuning.Classifier(nn.Flatten(), 3, projection_dim=4, features_dim=8)
 
@@ -70,6 +80,63 @@ BAD_INPUT = {
         (lambda: discriminator_loss()(E(0, 4), E(0, 4)), ValueError, "at least one sample"),
         (lambda: discriminator_loss()(torch.ones(2, 4, dtype=LONG), torch.ones(2, 4)),
          TypeError, "f_s must be float16"),
+    ],
+    "MultiLinearMap": [
+        (lambda: tl.MultiLinearMap()(torch.ones(2, 3), torch.ones(3, 2)), ValueError,
+         "same number of samples"),
+        (lambda: tl.MultiLinearMap()(torch.ones(2, 3, dtype=LONG), torch.ones(2, 2)), TypeError,
+         "f must be float16"),
+    ],
+    "RandomizedMultiLinearMap": [
+        (lambda: tl.RandomizedMultiLinearMap(0, 3), ValueError, "features_dim"),
+        (lambda: tl.RandomizedMultiLinearMap(4, 3, output_dim=2.0), TypeError, "output_dim"),
+        (lambda: tl.RandomizedMultiLinearMap(4, 3, 8)(torch.ones(2, 5), torch.ones(2, 3)),
+         ValueError, r"f must have shape \(N, 4\)"),
+    ],
+    "ConditionalDomainAdversarialLoss": [
+        (lambda: tl.ConditionalDomainAdversarialLoss(None), TypeError, "discriminator"),
+        (lambda: cdan_loss(randomized=True, num_classes=3), ValueError, "features_dim"),
+        (lambda: cdan_loss(reduction="avg"), ValueError, "reduction"),
+        (lambda: cdan_loss()(E(0, 3), E(0, 2), E(0, 3), E(0, 2)), ValueError,
+         "f_s must hold at least one sample"),
+        (lambda: cdan_loss()(torch.ones(2, 3), torch.ones(2, 2), torch.ones(2, 4),
+                             torch.ones(2, 2)), ValueError, "number of classes"),
+        (lambda: cdan_loss()(torch.ones(2, 3, dtype=LONG), torch.ones(2, 2), torch.ones(2, 3),
+                             torch.ones(2, 2)), TypeError, "g_s must be float16"),
+    ],
+    "MinimumClassConfusionLoss": [
+        (lambda: tl.MinimumClassConfusionLoss(temperature=0.0), ValueError, "temperature"),
+        (lambda: tl.MinimumClassConfusionLoss(temperature=math.inf), ValueError, "temperature"),
+        (lambda: tl.MinimumClassConfusionLoss()(E(0, 3)), ValueError, "logits must hold"),
+        (lambda: tl.MinimumClassConfusionLoss()(torch.ones(2, 3, dtype=LONG)), TypeError,
+         "logits must be float16"),
+    ],
+    "MarginDisparityDiscrepancy": [
+        (lambda: tl.MarginDisparityDiscrepancy(margin=-1.0), ValueError, "margin"),
+        (lambda: tl.MarginDisparityDiscrepancy(reduction="avg"), ValueError, "reduction"),
+        (lambda: mdd_call(y_s=E(0, 3)), ValueError, "y_s must hold"),
+        (lambda: mdd_call(y_t=torch.ones(2, 4)), ValueError, "y_t and y_t_adv"),
+        (lambda: mdd_call(y_s=torch.ones(2, 3, dtype=LONG)), TypeError, "y_s must be float16"),
+    ],
+    "StepwiseAdaptiveFeatureNorm": [
+        (lambda: tl.StepwiseAdaptiveFeatureNorm(delta=math.nan), ValueError, "delta"),
+        (lambda: tl.StepwiseAdaptiveFeatureNorm()(E(0, 4)), ValueError, "f must hold"),
+        (lambda: tl.StepwiseAdaptiveFeatureNorm()(torch.ones(2, 4, dtype=LONG)), TypeError,
+         "f must be float16"),
+    ],
+    "AdaptiveFeatureNorm": [
+        (lambda: tl.AdaptiveFeatureNorm("25"), TypeError, "radius"),
+        (lambda: tl.AdaptiveFeatureNorm(0.0), ValueError, "radius"),
+        (lambda: tl.AdaptiveFeatureNorm(25.0)(E(0, 4)), ValueError, "f must hold"),
+    ],
+    "BatchSpectralPenalization": [
+        (lambda: tl.BatchSpectralPenalization(0), ValueError, "k"),
+        (lambda: tl.BatchSpectralPenalization(3)(torch.ones(2, 4), torch.ones(4, 4)), ValueError,
+         r"k must satisfy k <= min\(N, d\) = 2 for f_s"),
+        (lambda: tl.BatchSpectralPenalization()(torch.ones(2, 4), torch.ones(2, 5)), ValueError,
+         "feature dimension"),
+        (lambda: tl.BatchSpectralPenalization()(E(0, 4), torch.ones(2, 4)), ValueError,
+         "f_s must hold"),
     ],
     "ConsistencyLoss": [
         (lambda: tl.ConsistencyLoss(None), TypeError, "distance_measure"),

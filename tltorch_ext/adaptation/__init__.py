@@ -1,6 +1,12 @@
-"""adaptation: domain-adversarial training (gradient reversal, DANN) and self-ensembling."""
+"""adaptation: domain-adversarial training (gradient reversal, DANN, CDAN), discrepancy and
+regularization losses for domain adaptation (MDD, MCC, AFN, BSP) and self-ensembling."""
+from .afn import AdaptiveFeatureNorm, StepwiseAdaptiveFeatureNorm
+from .bsp import BatchSpectralPenalization
+from .cdan import ConditionalDomainAdversarialLoss, MultiLinearMap, RandomizedMultiLinearMap
 from .dann import DomainAdversarialLoss, DomainDiscriminator
 from .grl import GradientReverseLayer, WarmStartGradientReverseLayer, grad_reverse
+from .mcc import MinimumClassConfusionLoss
+from .mdd import MarginDisparityDiscrepancy
 from .self_ensemble import (
     ClassBalanceLoss,
     ConsistencyLoss,
@@ -15,6 +21,14 @@ __all__ = [
     "WarmStartGradientReverseLayer",
     "DomainDiscriminator",
     "DomainAdversarialLoss",
+    "MultiLinearMap",
+    "RandomizedMultiLinearMap",
+    "ConditionalDomainAdversarialLoss",
+    "MinimumClassConfusionLoss",
+    "MarginDisparityDiscrepancy",
+    "StepwiseAdaptiveFeatureNorm",
+    "AdaptiveFeatureNorm",
+    "BatchSpectralPenalization",
     "ConsistencyLoss",
     "L2ConsistencyLoss",
     "ClassBalanceLoss",
