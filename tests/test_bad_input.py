@@ -348,6 +348,43 @@ BAD_INPUT = {
     "replace_head": [
         (lambda: tl.replace_head(tiny_cnn(), 0), ValueError, "num_classes"),
     ],
+    "log_me": [
+        (lambda: tl.log_me(torch.ones(4, 3, dtype=LONG), torch.tensor([0, 1, 0, 1])), TypeError,
+         "features must be float16"),
+        (lambda: tl.log_me(torch.randn(4, 3), torch.tensor([0.0, 1, 0, 1])), TypeError,
+         "labels must have an integer dtype"),
+        (lambda: tl.log_me(torch.randn(1, 3), torch.tensor([0])), ValueError,
+         "features must hold at least two samples"),
+        (lambda: tl.log_me(torch.randn(4, 3), torch.tensor([2, 2, 2, 2])), ValueError,
+         "labels must hold at least 2 distinct classes"),
+        (lambda: tl.log_me(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), max_iter=0),
+         ValueError, "max_iter"),
+    ],
+    "leep": [
+        (lambda: tl.leep(torch.full((4, 2), 0.5), torch.tensor([0, 1, 0])), ValueError,
+         r"labels must have shape \(4,\)"),
+        (lambda: tl.leep(torch.full((4, 2), 0.3), torch.tensor([0, 1, 0, 1])), ValueError,
+         "probabilities rows must sum to 1"),
+        (lambda: tl.leep(torch.tensor([[2.0, -1.0]] * 4), torch.tensor([0, 1, 0, 1])),
+         ValueError, r"probabilities must lie in \[0, 1\]"),
+        (lambda: tl.leep(torch.tensor([[math.nan, 1.0]] * 4), torch.tensor([0, 1, 0, 1])),
+         ValueError, "probabilities must be finite"),
+    ],
+    "nce": [
+        (lambda: tl.nce([0, 1], torch.tensor([0, 1])), TypeError, "source_labels must be a"),
+        (lambda: tl.nce(torch.tensor([0, 1]), torch.tensor([1, 1])), ValueError,
+         "target_labels must hold at least 2 distinct classes"),
+        (lambda: tl.nce(torch.tensor([[0, 1]]), torch.tensor([0, 1])), ValueError,
+         "source_labels must have 1 dimensions"),
+    ],
+    "h_score": [
+        (lambda: tl.h_score(torch.tensor([[math.inf], [0.0]]), torch.tensor([0, 1])), ValueError,
+         "features must be finite"),
+        (lambda: tl.h_score(torch.randn(4), torch.tensor([0, 1, 0, 1])), ValueError,
+         "features must have 2 dimensions"),
+        (lambda: tl.h_score(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), shrinkage="yes"),
+         TypeError, "shrinkage must be a bool"),
+    ],
 }
 
 

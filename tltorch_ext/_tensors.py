@@ -38,6 +38,22 @@ def check_floating(name: str, t, ndim: int | None = None) -> torch.Tensor:
     return t
 
 
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_integer(name: str, t, ndim: int | None = None) -> torch.Tensor:
+    """``t`` itself, when it is an integer (not bool) tensor (with ``ndim`` dimensions when
+    given): class labels and indices, which are never silently cast from floating values."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"{name} must have an integer dtype (uint8, int8, int16, int32 or "
+                        f"int64), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
 def check_nonempty_batch(name: str, t: torch.Tensor) -> torch.Tensor:
     """A loss averages over the batch: an empty one has no defined value, so it is refused."""
     if t.dim() == 0 or t.shape[0] == 0:
