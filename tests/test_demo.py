@@ -33,6 +33,7 @@ def test_digits_learning_curve_writes_table_json_csv_png_and_caches_the_source_m
     meta = json.loads((out / "results.json").read_text())
     assert meta["shots"] == [1, 3] and meta["chance_accuracy"] == pytest.approx(0.1)
     assert 0.0 <= meta["source_as_is_test_accuracy"] <= 1.0
+    assert meta["source_train_accuracy"] > 0.5  # measured on the images as pre-training saw them
     results = {(r["method"], r["shots"]): r for r in meta["results"]}
     assert set(results) == {(m, n) for m in methods for n in (1, 3)}
     for (method, shots), result in results.items():

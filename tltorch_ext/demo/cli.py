@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .._backend import available_backends
 from ._common import DemoError
-from .data import load_data, target_split
+from .data import load_data, source_images, target_split
 from .methods import METHODS, NEEDS_SHARED_CLASSES, TargetTask
 from .model import RESNETS, build_model, pretrain_source
 from .output import format_table, write_outputs
@@ -121,7 +121,8 @@ def _run(args) -> int:
     splits = {(shots, seed): target_split(data.target_y, shots, seed)
               for shots in shots_list for seed in seeds}
     source, note = pretrain_source(data, args, device)
-    source_accuracy = accuracy(source, data.source_x.to(device), data.source_y.to(device))
+    source_x, source_y = source_images(data, None).to(device), data.source_y.to(device)
+    source_accuracy = accuracy(source, source_x, source_y)
     _note(args, f"source model: {note}; source train accuracy {100 * source_accuracy:.1f} %")
     source.requires_grad_(False)
     target_x, target_y = data.target_x.to(device), data.target_y.to(device)
@@ -129,8 +130,7 @@ def _run(args) -> int:
     as_is = accuracy(source, target_x[test], target_y[test]) if data.shared_classes else None
     if as_is is not None:
         _note(args, f"source model on the target test set, not adapted: {100 * as_is:.1f} %")
-    shared = (data.source_x.to(device), data.source_y.to(device)) if data.shared_classes else \
-        (None, None)
+    shared = (source_x, source_y) if data.shared_classes else (None, None)
 
     def fresh():
         return build_model(args, data.source_x.shape[1], len(data.target_names)).to(device)
