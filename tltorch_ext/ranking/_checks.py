@@ -10,29 +10,28 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be finite; it holds NaN or inf")
 
 
+def _samples64(name: str, t, column: str) -> torch.Tensor:
+    """(N, C) floating rows with N >= 2, C >= 1 (``column`` names what a column is) and no NaN/inf,
+    as float64."""
+    check_floating(name, t, ndim=2)
+    n, c = t.shape
+    if n < 2:
+        raise ValueError(f"{name} must hold at least two samples (N >= 2), got shape ({n}, {c})")
+    if c < 1:
+        raise ValueError(f"{name} must have at least one {column}, got shape ({n}, {c})")
+    _check_finite(name, t)
+    return t.detach().to(torch.float64)
+
+
 def features64(name: str, features) -> torch.Tensor:
     """(N, D) floating features with N >= 2, D >= 1 and no NaN/inf, as float64."""
-    check_floating(name, features, ndim=2)
-    n, d = features.shape
-    if n < 2:
-        raise ValueError(f"{name} must hold at least two samples (N >= 2), got shape ({n}, {d})")
-    if d < 1:
-        raise ValueError(f"{name} must have at least one feature (D >= 1), got shape ({n}, {d})")
-    _check_finite(name, features)
-    return features.detach().to(torch.float64)
+    return _samples64(name, features, "feature (D >= 1)")
 
 
 def probabilities64(name: str, probabilities) -> torch.Tensor:
     """(N, Cs) rows of class probabilities, as float64: finite, in [0, 1], each row summing to 1
     within max(1e-3, 4 eps) of the input dtype (a float16/bfloat16 softmax rounds each entry)."""
-    check_floating(name, probabilities, ndim=2)
-    n, cs = probabilities.shape
-    if n < 2:
-        raise ValueError(f"{name} must hold at least two samples (N >= 2), got shape ({n}, {cs})")
-    if cs < 1:
-        raise ValueError(f"{name} must have at least one source class, got shape ({n}, {cs})")
-    _check_finite(name, probabilities)
-    p = probabilities.detach().to(torch.float64)
+    p = _samples64(name, probabilities, "source class")
     low, high = (float(v) for v in torch.aminmax(p))
     if low < 0 or high > 1:
         raise ValueError(f"{name} must lie in [0, 1], got values in [{low:g}, {high:g}]")
