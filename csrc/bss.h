@@ -1,7 +1,7 @@
 // BSS: the argument checks and the eigh fallback that the CPU kernels (csrc/cpu/bss.cpp) and
 // the CUDA binding (csrc/cuda/bss_binding.cpp) share.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/OpMathType.h>
 
 #include <algorithm>

@@ -1,7 +1,9 @@
 // StochNorm: the argument checks and prepared tensors that the CPU kernels
 // (csrc/cpu/stoch_norm.cpp) and the CUDA binding (csrc/cuda/stoch_norm_binding.cpp) share.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/OpMathType.h>
 
 #include <algorithm>

@@ -7,10 +7,11 @@
 // registers (the difference is formed on the fly) and is squared there, so neither Gram is
 // stored (D = G_s − G_t is written only when asked). Backward products α·op(M)·X use the same
 // kernel. Accumulation is float32 (double for double inputs); the task sums are added in double.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <numeric>

@@ -8,10 +8,11 @@
 // Backward recomputes the normalized rows and one sample's Grams (P_s and E, or S Sᵀ and S Tᵀ) in
 // scratch, applies them to S and T with the same kernel, and takes the result through the
 // normalization row by row. Accumulation is float32 (double for double inputs).
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
