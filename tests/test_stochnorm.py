@@ -3,6 +3,7 @@ against an independent float64 closed form (two F.batch_norm mixed per channel) 
 closed forms (BatchNorm at p = 1, running statistics at p = 0), gradients, custom-op checks,
 torch.compile, module state and bad input."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,9 +167,12 @@ def acc_of(x):
 @pytest.mark.parametrize("case", list(PHASE_SHAPES))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_phases_match_float64_sums(backend, case, dtype):
-    shape, cl = PHASE_SHAPES[case]
-    x, params, mask = make_case(shape, dtype, cl)
-    grad_y = torch.randn(shape, dtype=torch.float64).to(dtype)
+    check_phases(backend, *PHASE_SHAPES[case], dtype, "cpu")
+
+
+def check_phases(backend, shape, cl, dtype, device):
+    x, params, mask = make_case(shape, dtype, cl, device)
+    grad_y = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
     if cl:
         grad_y = channels_last(grad_y)
     mean, var, save_mean, save_invstd = saved_stats(x, params, mask)
@@ -293,6 +297,15 @@ def test_phase_bad_arguments():
         stoch_norm_backward_elemt(x, x, None, mask, stats, stats, stats, stats, 0)
     with pytest.raises(ValueError, match="sum_dy is on meta but x is on cpu"):
         stoch_norm_backward_elemt(x, x, None, mask, stats, stats, stats.to("meta"), stats, 15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_docs_phases_example_runs(backend):
+    # docs/api_stochnorm.md's phases block: two halves through the phases equal the fused op.
+    text = (Path(__file__).parents[1] / "docs" / "api_stochnorm.md").read_text()
+    block = text.split("### The phases")[1].split("```python\n")[1].split("```")[0]
+    with tltorch_ext.set_backend(backend):
+        exec(compile(block, "api_stochnorm.md", "exec"), {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,6 +684,15 @@ def test_gpu_backend_matches_float64_oracle(backend, case, dtype):
     for o, r in zip(grads, ref_grads):
         assert rel_err(o, r) < TOLERANCE[dtype]
     assert out[0].stride() == x.stride() and grads[0].stride() == x.stride()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", ["nchw-vectorized", "nchw-odd", "channels-last-vectorized",
+                                  "channels-last-odd", "2d"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_phases_match_float64_sums(backend, case, dtype):
+    check_phases(backend, *GPU_SHAPES[case], dtype, "cuda")
 
 
 @pytest.mark.gpu

@@ -3,8 +3,9 @@
 // The phases: stats (a statistics pass, a per-channel combine), elemt (per-channel coefficients,
 // a write pass), backward_reduce (a reduction pass for Σdy and Σdy·(x − μ), a per-channel
 // combine), backward_elemt (per-channel coefficients from those sums and the count, a write
-// pass); the fused forward and backward are composed of them (see their definitions). The reduction passes run on a grid of
-// channel blocks × splits of the N·S values, so that a few channels still fill the GPU:
+// pass). The fused forward and backward are composed of them (see their definitions). The
+// reduction passes run on a grid of channel blocks × splits of the N·S values, so that a few
+// channels still fill the GPU:
 // - channels-first memory: one block per (channel, split), each thread walking 16-byte vectors of
 //   one channel's rows;
 // - channels-last memory: a block is (channel lanes × rows); each thread owns 16 bytes of

@@ -82,7 +82,8 @@ class _SyncStochNormFunction(torch.autograd.Function):
             save_mean = torch.where(mask, batch_mean, running_mean.to(acc))
             save_var = torch.where(mask, batch_var, running_var.to(acc))
         save_invstd = torch.rsqrt(save_var + eps)
-        y = _elemt(x, weight, bias, save_mean, save_invstd) if local_count > 0 else torch.empty_like(x)
+        y = (_elemt(x, weight, bias, save_mean, save_invstd) if local_count > 0
+             else torch.empty_like(x))
 
         ctx.save_for_backward(x, weight, mask, save_mean, save_invstd)
         ctx.count, ctx.process_group, ctx.backend = count, process_group, backend

@@ -78,7 +78,8 @@ def forward(x, weight, bias, running_mean, running_var, mask, eps):
 
 
 def backward(grad_y, x, weight, mask, save_mean, save_invstd):
-    """Returns (grad_x, grad_weight, grad_bias); grad_weight/bias as if γ = 1 when weight is None."""
+    """Returns (grad_x, grad_weight, grad_bias); grad_weight/bias as if γ = 1 when weight is
+    None."""
     sum_dy, sum_dy_xhat = backward_reduce(grad_y, x, save_mean, save_invstd)
     grad_x = backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_dy_xhat,
                             x.numel() // x.shape[1])
