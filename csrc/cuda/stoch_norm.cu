@@ -355,10 +355,27 @@ __global__ void __launch_bounds__(kThreads)
   shift[c] = bias == nullptr ? acc_t(0) : bias[c];
 }
 
+// dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) = k_dy·dy + k_xmu·(x − μ) + k_const, n = count.
+template <typename acc_t>
+__device__ __forceinline__ void store_grad_coefficients(int64_t c, acc_t count,
+                                                        const acc_t* weight, const bool* mask,
+                                                        acc_t invstd, acc_t sum_dy,
+                                                        acc_t sum_dy_xhat, acc_t* k_dy,
+                                                        acc_t* k_xmu, acc_t* k_const) {
+  const acc_t gamma_invstd = weight == nullptr ? invstd : weight[c] * invstd;
+  const acc_t per_value = mask[c] ? gamma_invstd / count : acc_t(0);
+  k_dy[c] = gamma_invstd;
+  k_xmu[c] = -per_value * invstd * sum_dy_xhat;
+  k_const[c] = -per_value * sum_dy;
+}
+
+// Σdy and Σdy·x̂ per channel from the splits' partials; with k_dy non-null (the fused backward,
+// whose sums run over x's own `count` values) also the write pass's coefficients.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     grad_sums_kernel(const acc_t* partials, int splits, int64_t C, const acc_t* invstd,
-                     acc_t* sum_dy, acc_t* sum_dy_xhat) {
+                     acc_t* sum_dy, acc_t* sum_dy_xhat, acc_t count, const acc_t* weight,
+                     const bool* mask, acc_t* k_dy, acc_t* k_xmu, acc_t* k_const) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const int64_t plane = splits * C;
@@ -367,11 +384,14 @@ __global__ void __launch_bounds__(kThreads)
     dy += partials[k * C + c];
     dy_xmu += partials[plane + k * C + c];
   }
+  const acc_t dy_xhat = dy_xmu * invstd[c];
   sum_dy[c] = dy;
-  sum_dy_xhat[c] = dy_xmu * invstd[c];
+  sum_dy_xhat[c] = dy_xhat;
+  if (k_dy != nullptr)
+    store_grad_coefficients(c, count, weight, mask, invstd[c], dy, dy_xhat, k_dy, k_xmu, k_const);
 }
 
-// dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) = k_dy·dy + k_xmu·(x − μ) + k_const, n = count.
+// The write pass's coefficients from given sums and count (backward_elemt).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     grad_coefficients_kernel(int64_t C, acc_t count, const acc_t* weight, const bool* mask,
@@ -379,11 +399,8 @@ __global__ void __launch_bounds__(kThreads)
                              acc_t* k_dy, acc_t* k_xmu, acc_t* k_const) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const acc_t gamma_invstd = weight == nullptr ? invstd[c] : weight[c] * invstd[c];
-  const acc_t per_value = mask[c] ? gamma_invstd / count : acc_t(0);
-  k_dy[c] = gamma_invstd;
-  k_xmu[c] = -per_value * invstd[c] * sum_dy_xhat[c];
-  k_const[c] = -per_value * sum_dy[c];
+  store_grad_coefficients(c, count, weight, mask, invstd[c], sum_dy[c], sum_dy_xhat[c], k_dy,
+                          k_xmu, k_const);
 }
 
 // ---- write pass --------------------------------------------------------------------------------
@@ -506,8 +523,8 @@ cudaError_t stoch_norm_plan(const StochNormShape& shape, StochNormPlan* plan) {
   const int64_t affordable = ceil_div(values, threads_per_split * kMinValuesPerThread);
   plan->splits = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({wanted, affordable, int64_t{kMaxGridY}})));
-  // Forward: partials 3·splits·C + scale, shift; backward: 2·splits·C, then three coefficients
-  // (over the partials, consumed by then). Each phase needs a part of that.
+  // Forward: partials 3·splits·C + scale, shift; backward: 2·splits·C + three coefficients. Each
+  // phase needs a part of that.
   plan->workspace_elems = 3 * plan->splits * shape.c + 3 * shape.c;
   return cudaSuccess;
 }
@@ -552,7 +569,8 @@ cudaError_t stoch_norm_backward_reduce(const StochNormShape& shape, const StochN
   const bool vec = vectorizable<scalar_t>(shape, x, grad_y, nullptr);
   if (cudaError_t err = reduce<scalar_t>(op, vec, shape, plan.splits, stream)) return err;
   grad_sums_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
-      workspace, plan.splits, C, save_invstd, sum_dy, sum_dy_xhat);
+      workspace, plan.splits, C, save_invstd, sum_dy, sum_dy_xhat, acc_t(0), nullptr, nullptr,
+      nullptr, nullptr, nullptr);
   return cudaGetLastError();
 }
 
@@ -599,19 +617,28 @@ cudaError_t stoch_norm_forward(const StochNormShape& shape, const StochNormPlan&
                       Coefficients<acc_t>{save_mean, scale, shift, nullptr}, stream);
 }
 
-// The fused backward is backward_reduce then backward_elemt over this call's own N·S values.
+// The fused backward is backward_reduce's reduction, one combine that also computes
+// backward_elemt's coefficients for x's own N·S values, and backward_elemt's write: three
+// launches, as forward.
 template <typename scalar_t, typename acc_t>
 cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan& plan,
                                 const scalar_t* grad_y, const scalar_t* x, const acc_t* weight,
                                 const bool* mask, const acc_t* save_mean,
                                 const acc_t* save_invstd, scalar_t* grad_x, acc_t* grad_weight,
                                 acc_t* grad_bias, acc_t* workspace, cudaStream_t stream) {
-  if (cudaError_t err = stoch_norm_backward_reduce(shape, plan, grad_y, x, save_mean, save_invstd,
-                                                   grad_bias, grad_weight, workspace, stream))
-    return err;
-  return stoch_norm_backward_elemt(shape, plan, grad_y, x, weight, mask, save_mean, save_invstd,
-                                   grad_bias, grad_weight, shape.n * shape.s, grad_x, workspace,
-                                   stream);
+  const int64_t C = shape.c, plane = plan.splits * C;
+  acc_t* k_dy = workspace + 2 * plane;
+  acc_t* k_xmu = k_dy + C;
+  acc_t* k_const = k_xmu + C;
+  const GradSumsOp<scalar_t, acc_t> op{grad_y, x, save_mean, workspace, C, plane};
+  const bool vec = vectorizable<scalar_t>(shape, x, grad_y, nullptr);
+  if (cudaError_t err = reduce<scalar_t>(op, vec, shape, plan.splits, stream)) return err;
+  grad_sums_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      workspace, plan.splits, C, save_invstd, grad_bias, grad_weight,
+      static_cast<acc_t>(shape.n * shape.s), weight, mask, k_dy, k_xmu, k_const);
+  if (cudaError_t err = cudaGetLastError()) return err;
+  return write<true>(shape, plan, x, grad_y, grad_x,
+                     Coefficients<acc_t>{save_mean, k_xmu, k_const, k_dy}, stream);
 }
 
 #define TLTORCH_EXT_STOCH_NORM_INSTANTIATE(scalar_t, acc_t)                                     \

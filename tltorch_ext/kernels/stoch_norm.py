@@ -16,7 +16,8 @@ partials (count, mean, M2) reduced per program, then a tiny combine kernel mergi
 and the write pass's coefficients, so that it stays three launches. Write pass:
 y = (x − μ)·scale + β. Backward reduction: per-program partial Σdy and Σdy·(x − μ), merged per
 channel into Σdy and Σdy·x̂; backward write: per-channel coefficients of
-dx = k_dy·dy + k_xmu·(x − μ) + k_const from those sums and the count, then one write pass.
+dx = k_dy·dy + k_xmu·(x − μ) + k_const from those sums and the count, then one write pass (the
+fused backward computes the coefficients in the reduction's combine: three launches, as forward).
 Statistics accumulate in float32; float64 inputs are computed in float64 in-kernel (no downcast).
 """
 from __future__ import annotations
@@ -273,9 +274,28 @@ def _grad_partials_kernel(dy_ptr, x_ptr, mean_ptr, partial_ptr, num_splits, exte
 
 
 @triton.jit
+def _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr, invstd, sum_dy, sum_dy_xhat,
+                             k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT: tl.constexpr):
+    """dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) as k_dy·dy + k_xmu·(x − μ) + k_const (s the
+    mask, n the count of values the sums ran over)."""
+    gamma_invstd = invstd
+    if HAS_WEIGHT:
+        gamma_invstd = invstd * tl.load(weight_ptr + c, mask=cmask, other=0.0)
+    batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
+    per_value = tl.where(batch, gamma_invstd / count, 0.0)
+    tl.store(k_dy_ptr + c, gamma_invstd, mask=cmask)
+    tl.store(k_xmu_ptr + c, -per_value * invstd * sum_dy_xhat, mask=cmask)
+    tl.store(k_const_ptr + c, -per_value * sum_dy, mask=cmask)
+
+
+@triton.jit
 def _grad_sums_kernel(partial_ptr, num_splits, C, invstd_ptr, sum_dy_ptr, sum_dy_xhat_ptr,
+                      count, weight_ptr, mask_ptr, k_dy_ptr, k_xmu_ptr, k_const_ptr,
+                      COEFFICIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                       BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """Σdy and Σdy·x̂ = invstd·Σdy·(x − μ) per channel, from the splits' partials."""
+    """Σdy and Σdy·x̂ = invstd·Σdy·(x − μ) per channel, from the splits' partials; with
+    COEFFICIENTS (the fused backward, whose sums are over x's own count values) also the write
+    pass's coefficients."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     sum_dy = tl.zeros([BLOCK_C], ACC)
@@ -284,31 +304,27 @@ def _grad_sums_kernel(partial_ptr, num_splits, C, invstd_ptr, sum_dy_ptr, sum_dy
         p = partial_ptr + k * C + c
         sum_dy += tl.load(p, mask=cmask, other=0.0)
         sum_dy_xmu += tl.load(p + num_splits * C, mask=cmask, other=0.0)
+    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
+    sum_dy_xhat = sum_dy_xmu * invstd
     tl.store(sum_dy_ptr + c, sum_dy, mask=cmask)
-    tl.store(sum_dy_xhat_ptr + c, sum_dy_xmu * tl.load(invstd_ptr + c, mask=cmask, other=0.0),
-             mask=cmask)
+    tl.store(sum_dy_xhat_ptr + c, sum_dy_xhat, mask=cmask)
+    if COEFFICIENTS:
+        _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr, invstd, sum_dy,
+                                 sum_dy_xhat, k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT)
 
 
 @triton.jit
 def _grad_coefficients_kernel(sum_dy_ptr, sum_dy_xhat_ptr, C, count, weight_ptr, mask_ptr,
                               invstd_ptr, k_dy_ptr, k_xmu_ptr, k_const_ptr,
-                              HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr,
-                              ACC: tl.constexpr):
-    """dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) as k_dy·dy + k_xmu·(x − μ) + k_const (s the
-    mask, n the count of values the sums ran over)."""
+                              HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The write pass's coefficients from given sums and count (backward_elemt)."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
-    gamma_invstd = invstd
-    if HAS_WEIGHT:
-        gamma_invstd = invstd * tl.load(weight_ptr + c, mask=cmask, other=0.0)
-    batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
-    per_value = tl.where(batch, gamma_invstd / count, 0.0)
-    sum_dy_xhat = tl.load(sum_dy_xhat_ptr + c, mask=cmask, other=0.0)
-    tl.store(k_dy_ptr + c, gamma_invstd, mask=cmask)
-    tl.store(k_xmu_ptr + c, -per_value * invstd * sum_dy_xhat, mask=cmask)
-    tl.store(k_const_ptr + c, -per_value * tl.load(sum_dy_ptr + c, mask=cmask, other=0.0),
-             mask=cmask)
+    _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr,
+                             tl.load(invstd_ptr + c, mask=cmask, other=0.0),
+                             tl.load(sum_dy_ptr + c, mask=cmask, other=0.0),
+                             tl.load(sum_dy_xhat_ptr + c, mask=cmask, other=0.0),
+                             k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,22 +380,37 @@ def elemt(x, weight, bias, save_mean, save_invstd):
     return y
 
 
+def _grad_sums(grad_y, x, weight, mask, save_mean, save_invstd, coefficients: bool):
+    """The backward reduction: (Σdy, Σdy·x̂) and, when ``coefficients``, the write pass's
+    (k_dy, k_xmu, k_const) for x's own count, from the same combine launch."""
+    acc, acc_tl = _acc(x.dtype)
+    tiling = _Tiling.of(x)
+    C = tiling.channels
+    save_mean, save_invstd = _channel_vector(save_mean, acc), _channel_vector(save_invstd, acc)
+    splits, per_split = tiling.split(_reduce_programs(x.device))
+    partials = torch.empty((2, splits, C), dtype=acc, device=x.device)
+    _grad_partials_kernel[(splits, tiling.channel_blocks)](
+        grad_y, x, save_mean, partials, splits, ACC=acc_tl, num_warps=_NUM_WARPS,
+        **tiling.args(per_split))
+    # Separate tensors: outputs of a custom op must not alias one another.
+    sum_dy, sum_dy_xhat = (torch.empty(C, dtype=acc, device=x.device) for _ in range(2))
+    k = torch.empty((3, C), dtype=acc, device=x.device).unbind(0) if coefficients else None
+    # Without COEFFICIENTS the kernel reads no mask and writes no coefficients: any pointer will do.
+    _grad_sums_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
+        partials, splits, C, save_invstd, sum_dy, sum_dy_xhat, x.numel() // C,
+        save_invstd if weight is None else _channel_vector(weight, acc),
+        mask.contiguous().view(torch.uint8) if coefficients else sum_dy,
+        *(k if coefficients else (sum_dy,) * 3),
+        COEFFICIENTS=coefficients, HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK,
+        ACC=acc_tl)
+    return sum_dy, sum_dy_xhat, k
+
+
 def backward_reduce(grad_y, x, save_mean, save_invstd):
     """(Σdy, Σdy·x̂), as the reference's ``backward_reduce``."""
     fmt = memory_format_of(x)
     x, grad_y = x.contiguous(memory_format=fmt), grad_y.contiguous(memory_format=fmt)
-    acc, acc_tl = _acc(x.dtype)
-    tiling = _Tiling.of(x)
-    C = tiling.channels
-    splits, per_split = tiling.split(_reduce_programs(x.device))
-    partials = torch.empty((2, splits, C), dtype=acc, device=x.device)
-    _grad_partials_kernel[(splits, tiling.channel_blocks)](
-        grad_y, x, _channel_vector(save_mean, acc), partials, splits, ACC=acc_tl,
-        num_warps=_NUM_WARPS, **tiling.args(per_split))
-    sum_dy, sum_dy_xhat = (torch.empty(C, dtype=acc, device=x.device) for _ in range(2))
-    _grad_sums_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
-        partials, splits, C, _channel_vector(save_invstd, acc), sum_dy, sum_dy_xhat,
-        BLOCK_C=_COMBINE_BLOCK, ACC=acc_tl)
+    sum_dy, sum_dy_xhat, _ = _grad_sums(grad_y, x, None, None, save_mean, save_invstd, False)
     return sum_dy, sum_dy_xhat
 
 
@@ -395,7 +426,7 @@ def backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_
         _channel_vector(sum_dy, acc), _channel_vector(sum_dy_xhat, acc), C, count,
         save_invstd if weight is None else _channel_vector(weight, acc),
         mask.contiguous().view(torch.uint8), save_invstd, k_dy, k_xmu, k_const,
-        HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK, ACC=acc_tl)
+        HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK)
     grad_x = torch.empty_like(x)
     _write(_Tiling.of(x), x, grad_y, grad_x, _channel_vector(save_mean, acc), k_xmu, k_const,
            k_dy, acc_tl)
@@ -430,10 +461,16 @@ def forward(x, weight, bias, running_mean, running_var, mask, eps):
 
 
 def backward(grad_y, x, weight, mask, save_mean, save_invstd):
-    """(grad_x, grad_weight, grad_bias), as the reference's ``backward``: ``backward_reduce``
-    then ``backward_elemt`` over this call's own values."""
-    sum_dy, sum_dy_xhat = backward_reduce(grad_y, x, save_mean, save_invstd)
-    grad_x = backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_dy_xhat,
-                            x.numel() // x.shape[1])
-    param_dtype = sum_dy.dtype if weight is None else weight.dtype
+    """(grad_x, grad_weight, grad_bias), as the reference's ``backward``: ``backward_reduce``,
+    whose combine also computes ``backward_elemt``'s coefficients for x's own count, then the
+    ``backward_elemt`` write pass (three launches)."""
+    fmt = memory_format_of(x)
+    x, grad_y = x.contiguous(memory_format=fmt), grad_y.contiguous(memory_format=fmt)
+    acc, acc_tl = _acc(x.dtype)
+    sum_dy, sum_dy_xhat, (k_dy, k_xmu, k_const) = _grad_sums(grad_y, x, weight, mask, save_mean,
+                                                             save_invstd, True)
+    grad_x = torch.empty_like(x)
+    _write(_Tiling.of(x), x, grad_y, grad_x, _channel_vector(save_mean, acc), k_xmu, k_const,
+           k_dy, acc_tl)
+    param_dtype = acc if weight is None else weight.dtype
     return grad_x, sum_dy_xhat.to(param_dtype), sum_dy.to(param_dtype)
