@@ -166,7 +166,8 @@ def _check_x(x: Tensor) -> int:
     """x is a floating (N, C, *) tensor with at least one value per channel; returns C."""
     check_floating("x", x)
     if x.dim() < 2:
-        raise ValueError(f"x must be (N, C, *) with at least 2 dimensions, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be (N, C, *) with at least 2 dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"x must have at least one value per channel, got shape {tuple(x.shape)}")
     return x.shape[1]
@@ -176,7 +177,8 @@ def _check_channel_args(x: Tensor, **tensors: Optional[Tensor]) -> None:
     channels = x.shape[1]
     for name, t in tensors.items():
         if t is not None and t.shape != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},) to match x's channels, got {tuple(t.shape)}")
+            raise ValueError(f"{name} must have shape ({channels},) to match x's channels, "
+                             f"got {tuple(t.shape)}")
     check_same_device("x", x, **tensors)
 
 
