@@ -52,66 +52,85 @@ inline at::Tensor stoch_norm_channel_arg(const char* name, const std::optional<a
   return t->to(dtype).contiguous();
 }
 
-// What the CPU and CUDA entry points share: checked inputs made ready for the kernels (x and
-// grad_y contiguous in x's format, per-channel tensors in the accumulation dtype: float32, or
-// float64 for double) and the outputs allocated (statistics in the accumulation dtype).
-struct StochNormForwardArgs {
+inline void stoch_norm_check_mask(const at::Tensor& mask) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "stoch_norm: mask must be bool, got ",
+              mask.scalar_type());
+}
+
+// grad_y (or any tensor read beside x) must match x; returned contiguous in x's format.
+inline at::Tensor stoch_norm_like_x(const char* name, const at::Tensor& t, const at::Tensor& x,
+                                    const StochNormLayout& layout) {
+  TORCH_CHECK(t.sizes() == x.sizes() && t.scalar_type() == x.scalar_type() &&
+                  t.device() == x.device(),
+              "stoch_norm: ", name, " must match x in shape, dtype and device, got ", t.sizes(),
+              " ", t.scalar_type(), " for x ", x.sizes(), " ", x.scalar_type());
+  return t.contiguous(layout.format);
+}
+
+// x checked and made contiguous in its format, with its accumulation dtype (float32, or float64
+// for double): what every entry point starts from.
+struct StochNormInput {
   StochNormLayout layout;
   at::ScalarType acc_dtype;
-  at::Tensor input, weight, bias, running_mean, running_var, mask;  // weight, bias: or undefined
+  at::Tensor input;
+
+  explicit StochNormInput(const at::Tensor& x)
+      : layout(stoch_norm_layout(x)), acc_dtype(at::toOpMathType(x.scalar_type())),
+        input(x.contiguous(layout.format)) {}
+
+  // A per-channel argument in the accumulation dtype (undefined when absent).
+  at::Tensor channel(const char* name, const std::optional<at::Tensor>& t) const {
+    return stoch_norm_channel_arg(name, t, input, acc_dtype);
+  }
+  at::Tensor mask(const at::Tensor& t) const {
+    stoch_norm_check_mask(t);
+    return stoch_norm_channel_arg("mask", t, input, at::kBool);
+  }
+  at::Tensor like_x(const char* name, const at::Tensor& t) const {
+    return stoch_norm_like_x(name, t, input, layout);
+  }
+  at::Tensor new_channel_stat() const {
+    return at::empty({layout.c}, input.options().dtype(acc_dtype));
+  }
+};
+
+// What the fused CPU and CUDA entry points share: checked inputs made ready for the kernels (x and
+// grad_y contiguous in x's format, per-channel tensors in the accumulation dtype) and the outputs
+// allocated (statistics in the accumulation dtype).
+struct StochNormForwardArgs : StochNormInput {
+  at::Tensor weight, bias, running_mean, running_var, mask;  // weight, bias: or undefined
   at::Tensor y, save_mean, save_invstd, batch_mean, batch_var;
 
   StochNormForwardArgs(const at::Tensor& x, const std::optional<at::Tensor>& weight_,
                        const std::optional<at::Tensor>& bias_, const at::Tensor& running_mean_,
                        const at::Tensor& running_var_, const at::Tensor& mask_)
-      : layout(stoch_norm_layout(x)), acc_dtype(at::toOpMathType(x.scalar_type())),
-        input(x.contiguous(layout.format)),
-        weight(stoch_norm_channel_arg("weight", weight_, x, acc_dtype)),
-        bias(stoch_norm_channel_arg("bias", bias_, x, acc_dtype)),
-        running_mean(stoch_norm_channel_arg("running_mean", running_mean_, x, acc_dtype)),
-        running_var(stoch_norm_channel_arg("running_var", running_var_, x, acc_dtype)),
-        mask(stoch_norm_channel_arg("mask", mask_, x, at::kBool)), y(at::empty_like(input)) {
-    TORCH_CHECK(mask_.scalar_type() == at::kBool, "stoch_norm: mask must be bool, got ",
-                mask_.scalar_type());
-    const auto options = input.options().dtype(acc_dtype);
-    for (at::Tensor* t : {&save_mean, &save_invstd, &batch_mean, &batch_var})
-      *t = at::empty({layout.c}, options);
-  }
+      : StochNormInput(x), weight(channel("weight", weight_)), bias(channel("bias", bias_)),
+        running_mean(channel("running_mean", running_mean_)),
+        running_var(channel("running_var", running_var_)), mask(StochNormInput::mask(mask_)),
+        y(at::empty_like(input)), save_mean(new_channel_stat()),
+        save_invstd(new_channel_stat()), batch_mean(new_channel_stat()),
+        batch_var(new_channel_stat()) {}
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs() const {
     return {y, save_mean, save_invstd, batch_mean, batch_var};
   }
 };
 
-struct StochNormBackwardArgs {
-  StochNormLayout layout;
-  at::ScalarType acc_dtype, param_dtype;
-  at::Tensor grad_y, input, weight, mask, save_mean, save_invstd;  // weight: may be undefined
+struct StochNormBackwardArgs : StochNormInput {
+  at::ScalarType param_dtype;
+  at::Tensor grad_y, weight, mask, save_mean, save_invstd;  // weight: may be undefined
   at::Tensor grad_x, grad_weight, grad_bias;  // parameter gradients in acc_dtype until outputs()
 
   StochNormBackwardArgs(const at::Tensor& grad_y_, const at::Tensor& x,
                         const std::optional<at::Tensor>& weight_, const at::Tensor& mask_,
                         const at::Tensor& save_mean_, const at::Tensor& save_invstd_)
-      : layout(stoch_norm_layout(x)), acc_dtype(at::toOpMathType(x.scalar_type())),
+      : StochNormInput(x),
         param_dtype(weight_.has_value() && weight_->defined() ? weight_->scalar_type()
                                                               : acc_dtype),
-        grad_y(grad_y_.contiguous(layout.format)), input(x.contiguous(layout.format)),
-        weight(stoch_norm_channel_arg("weight", weight_, x, acc_dtype)),
-        mask(stoch_norm_channel_arg("mask", mask_, x, at::kBool)),
-        save_mean(stoch_norm_channel_arg("save_mean", save_mean_, x, acc_dtype)),
-        save_invstd(stoch_norm_channel_arg("save_invstd", save_invstd_, x, acc_dtype)),
-        grad_x(at::empty_like(input)) {
-    TORCH_CHECK(grad_y_.sizes() == x.sizes() && grad_y_.scalar_type() == x.scalar_type() &&
-                    grad_y_.device() == x.device(),
-                "stoch_norm: grad_y must match x in shape, dtype and device, got ",
-                grad_y_.sizes(), " ", grad_y_.scalar_type(), " for x ", x.sizes(), " ",
-                x.scalar_type());
-    TORCH_CHECK(mask_.scalar_type() == at::kBool, "stoch_norm: mask must be bool, got ",
-                mask_.scalar_type());
-    const auto options = input.options().dtype(acc_dtype);
-    grad_weight = at::empty({layout.c}, options);
-    grad_bias = at::empty({layout.c}, options);
-  }
+        grad_y(like_x("grad_y", grad_y_)), weight(channel("weight", weight_)),
+        mask(StochNormInput::mask(mask_)), save_mean(channel("save_mean", save_mean_)),
+        save_invstd(channel("save_invstd", save_invstd_)), grad_x(at::empty_like(input)),
+        grad_weight(new_channel_stat()), grad_bias(new_channel_stat()) {}
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> outputs() const {
     return {grad_x, grad_weight.to(param_dtype), grad_bias.to(param_dtype)};

@@ -1,9 +1,10 @@
 """SyncStochNorm and the distributed helpers (docs/api_stochnorm.md).
 
 Two CPU processes (gloo, 127.0.0.1 only, free port, bounded time) run every distributed scenario
-once on their half of a batch and save what they saw; the tests compare those halves with
-single-process StochNorm/BatchNorm on the whole batch. The whole-batch oracles run the
-``reference`` backend: these tests are about the cross-rank parts, the op backends have their own.
+once on their part of a batch and save what they saw; the tests compare those parts with
+single-process StochNorm/BatchNorm on the whole batch. SyncStochNorm's scenarios run once per CPU
+backend (its local parts are the StochNorm phase ops of the selected backend), within the same
+spawn; the whole-batch oracles run the ``reference`` backend.
 """
 from __future__ import annotations
 
@@ -27,14 +28,16 @@ from tltorch_ext.distributed import all_gather_batch, is_distributed
 from tltorch_ext.finetune import BiTuning, StochNorm1d, StochNorm2d, StochNorm3d, SyncStochNorm, bi_tuning
 from tltorch_ext.finetune.sync_stochnorm import sync_stoch_norm
 from tltorch_ext.ops.stoch_norm import stoch_norm
+from op_testing import CPU_BACKENDS
 
 pytestmark = pytest.mark.distributed
 
 WORLD = 2
 N, C = 6, 4
 FIXED_MASK = torch.tensor([True, False, False, True])
+RANK0_SEED = 20  # its two Bernoulli(0.5) draws over C = 4 channels are mixed: checked below
 INIT_TIMEOUT_S = 30
-TOTAL_TIMEOUT_S = 120
+TOTAL_TIMEOUT_S = 240
 
 
 # ---------------------------------------------------------------- shared by workers and oracles
@@ -50,6 +53,10 @@ def _batch():
 
 def _rows(rank):
     return slice(rank * N // WORLD, (rank + 1) * N // WORLD)
+
+
+def _uneven_rows(rank):
+    return slice(0, 2) if rank == 0 else slice(2, N)
 
 
 def _norm(cls, **kwargs):
@@ -148,18 +155,28 @@ def _scenario_module(kwargs, rows=_rows):
     return run
 
 
-def _scenario_fixed_mask(rank):
-    # Rank 1 proposes the complement: the group must use rank 0's mask.
-    x, upstream = _batch()
-    norm = _norm(StochNorm2d)
-    x = x[_rows(rank)].clone().requires_grad_()
-    mask = FIXED_MASK if rank == 0 else ~FIXED_MASK
-    y, batch_mean, batch_var, used, count = sync_stoch_norm(
-        x, norm.weight, norm.bias, norm.running_mean, norm.running_var, mask, norm.eps)
-    (y * upstream[_rows(rank)]).sum().backward()
-    return {"y": y.detach(), "x_grad": x.grad, "weight_grad": norm.weight.grad,
-            "bias_grad": norm.bias.grad, "batch_mean": batch_mean, "batch_var": batch_var,
-            "mask": used, "count": count}
+def _scenario_fixed_mask(dtype=torch.float32, rows=_rows):
+    def run(rank):
+        # Rank 1 proposes the complement: the group must use rank 0's mask.
+        x, upstream = (t.to(dtype)[rows(rank)] for t in _batch())
+        norm = _norm(StochNorm2d, dtype=dtype)
+        x = x.clone().requires_grad_()
+        mask = FIXED_MASK if rank == 0 else ~FIXED_MASK
+        y, batch_mean, batch_var, used, count = sync_stoch_norm(
+            x, norm.weight, norm.bias, norm.running_mean, norm.running_var, mask, norm.eps)
+        (y * upstream).sum().backward()
+        return {"y": y.detach(), "x_grad": x.grad, "weight_grad": norm.weight.grad,
+                "bias_grad": norm.bias.grad, "batch_mean": batch_mean, "batch_var": batch_var,
+                "mask": used, "count": count}
+    return run
+
+
+def _scenario_random_mask_float64(rank):
+    # Uneven parts, ranks seeded differently: the group draws rank 0's masks (both steps).
+    x, upstream = (t.double()[_uneven_rows(rank)] for t in _batch())
+    norm = _norm(SyncStochNorm, p=0.5, dtype=torch.float64)
+    torch.manual_seed(RANK0_SEED + rank)
+    return _run_norm(norm, x, upstream)
 
 
 def _scenario_large_mean(rank):
@@ -233,14 +250,20 @@ def _scenario_all_gather(rank):
             "distributed": is_distributed()}
 
 
-SCENARIOS = {
+# Run once per CPU backend: SyncStochNorm's local parts are that backend's phase ops.
+SYNC_SCENARIOS = {
     "p1": _scenario_module({"p": 1.0}),
     "p0": _scenario_module({"p": 0.0}),
     "p1_cumulative": _scenario_module({"p": 1.0, "momentum": None}),
     "no_running_stats": _scenario_module({"p": 0.5, "track_running_stats": False}),
     "empty_rank": _scenario_module({"p": 1.0}, rows=_all_on_rank0),
-    "fixed_mask": _scenario_fixed_mask,
+    "fixed_mask": _scenario_fixed_mask(),
+    "fixed_mask_float64_uneven": _scenario_fixed_mask(torch.float64, _uneven_rows),
+    "random_mask_float64_uneven": _scenario_random_mask_float64,
     "large_mean": _scenario_large_mean,
+}
+# Run once, on the reference backend.
+SCENARIOS = {
     "random_mask": _scenario_random_mask,
     "ddp": _scenario_ddp,
     "all_gather": _scenario_all_gather,
@@ -264,6 +287,10 @@ def _worker(rank, port, out_dir):
     try:
         with tltorch_ext.set_backend("reference"):
             results = {name: scenario(rank) for name, scenario in SCENARIOS.items()}
+        for backend in CPU_BACKENDS:
+            with tltorch_ext.set_backend(backend):
+                results[backend] = {name: scenario(rank)
+                                    for name, scenario in SYNC_SCENARIOS.items()}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -299,19 +326,20 @@ def reference_backend():
 # ---------------------------------------------------------------- comparisons
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
+TOL64 = {"rtol": 1e-10, "atol": 1e-12}
 
 
-def _assert_matches_whole_batch(halves, whole):
-    """Halves concatenate to the whole batch's output and input gradient; parameter gradients
+def _assert_matches_whole_batch(parts, whole, tol=TOL):
+    """Parts concatenate to the whole batch's output and input gradient; parameter gradients
     sum to the whole batch's (DDP's reduction); buffers equal the whole batch's on every rank."""
-    torch.testing.assert_close(torch.cat([h["y"] for h in halves]), whole["y"], **TOL)
-    torch.testing.assert_close(torch.cat([h["x_grad"] for h in halves]), whole["x_grad"], **TOL)
+    torch.testing.assert_close(torch.cat([h["y"] for h in parts]), whole["y"], **tol)
+    torch.testing.assert_close(torch.cat([h["x_grad"] for h in parts]), whole["x_grad"], **tol)
     for name in ("weight_grad", "bias_grad"):
-        torch.testing.assert_close(sum(h[name] for h in halves), whole[name], **TOL)
-    for half in halves:
-        assert half.keys() == whole.keys()
+        torch.testing.assert_close(sum(h[name] for h in parts), whole[name], **tol)
+    for part in parts:
+        assert part.keys() == whole.keys()
         for name in whole.keys() - {"y", "x_grad", "weight_grad", "bias_grad"}:
-            torch.testing.assert_close(half[name], whole[name], **TOL, msg=name)
+            torch.testing.assert_close(part[name], whole[name], **tol, msg=name)
 
 
 @pytest.mark.parametrize("scenario, oracles", [
@@ -321,30 +349,55 @@ def _assert_matches_whole_batch(halves, whole):
     ("no_running_stats", [(nn.BatchNorm2d, {"track_running_stats": False})]),
     ("empty_rank", [(nn.BatchNorm2d, {})]),  # rank 1's input is (0, C, 3, 3)
 ])
-def test_half_batches_match_whole_batch(ranks, reference_backend, scenario, oracles):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_half_batches_match_whole_batch(ranks, reference_backend, backend, scenario, oracles):
     x, upstream = _batch()
     for cls, kwargs in oracles:
         whole = _run_norm(_norm(cls, **kwargs), x, upstream)
-        _assert_matches_whole_batch([r[scenario] for r in ranks], whole)
+        _assert_matches_whole_batch([r[backend][scenario] for r in ranks], whole)
 
 
-def test_fixed_mask_uses_rank0_mask_and_matches_whole_batch(ranks, reference_backend):
-    x, upstream = _batch()
-    norm = _norm(StochNorm2d)
+@pytest.mark.parametrize("dtype, scenario", [
+    (torch.float32, "fixed_mask"), (torch.float64, "fixed_mask_float64_uneven")])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fixed_mask_uses_rank0_mask_and_matches_whole_batch(ranks, reference_backend, backend,
+                                                            dtype, scenario):
+    x, upstream = (t.to(dtype) for t in _batch())
+    norm = _norm(StochNorm2d, dtype=dtype)
     x = x.clone().requires_grad_()
     y, _, _, batch_mean, batch_var = stoch_norm(x, norm.weight, norm.bias, norm.running_mean,
                                                 norm.running_var, FIXED_MASK, norm.eps)
     (y * upstream).sum().backward()
-    halves = [r["fixed_mask"] for r in ranks]
+    parts = [r[backend][scenario] for r in ranks]
+    tol = TOL64 if dtype == torch.float64 else TOL
     _assert_matches_whole_batch(
-        [{k: h[k] for k in ("y", "x_grad", "weight_grad", "bias_grad")} for h in halves],
+        [{k: h[k] for k in ("y", "x_grad", "weight_grad", "bias_grad")} for h in parts],
         {"y": y.detach(), "x_grad": x.grad, "weight_grad": norm.weight.grad,
-         "bias_grad": norm.bias.grad})
-    for half in halves:
-        assert torch.equal(half["mask"], FIXED_MASK)
-        assert half["count"] == N * 9
-        torch.testing.assert_close(half["batch_mean"], batch_mean, **TOL)
-        torch.testing.assert_close(half["batch_var"], batch_var, **TOL)
+         "bias_grad": norm.bias.grad}, tol)
+    for part in parts:
+        assert torch.equal(part["mask"], FIXED_MASK)
+        assert part["count"] == N * 9
+        torch.testing.assert_close(part["batch_mean"], batch_mean, **tol)
+        torch.testing.assert_close(part["batch_var"], batch_var, **tol)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_uneven_ranks_with_random_masks_match_whole_batch_float64(ranks, reference_backend,
+                                                                  backend):
+    # Rank 0 holds 2 samples, rank 1 holds 4, each rank seeded differently: output, gradients and
+    # running statistics (two steps, the second normalizing with the first's) equal one process
+    # drawing rank 0's masks over the whole batch.
+    draws = []
+    for seed in (RANK0_SEED, RANK0_SEED + 1):
+        torch.manual_seed(seed)
+        draws.append(torch.stack([torch.rand(C) < 0.5 for _ in range(2)]))
+    assert all(0 < int(d.sum()) < C for d in draws[0])  # both kinds of channel, both steps
+    assert not torch.equal(draws[0], draws[1])  # rank 1's own draws would differ
+    x, upstream = (t.double() for t in _batch())
+    torch.manual_seed(RANK0_SEED)
+    whole = _run_norm(_norm(StochNorm2d, p=0.5, dtype=torch.float64), x, upstream)
+    _assert_matches_whole_batch([r[backend]["random_mask_float64_uneven"] for r in ranks], whole,
+                                TOL64)
 
 
 def test_group_variance_is_accurate_when_mean_dominates(ranks):
@@ -352,7 +405,9 @@ def test_group_variance_is_accurate_when_mean_dominates(ranks):
     x = 100.0 + 0.01 * torch.randn(N, 2, 4, generator=torch.Generator().manual_seed(5))
     expected = x.double().var((0, 2), correction=0).float()
     for r in ranks:
-        torch.testing.assert_close(r["large_mean"]["batch_var"], expected, rtol=1e-3, atol=0)
+        for backend in CPU_BACKENDS:
+            torch.testing.assert_close(r[backend]["large_mean"]["batch_var"], expected, rtol=1e-3,
+                                       atol=0, msg=backend)
 
 
 def test_random_mask_is_rank0s_draw_on_every_rank(ranks):
@@ -444,17 +499,21 @@ def test_eval_is_batchnorm_eval(reference_backend):
     torch.testing.assert_close(sync(x), bn(x), rtol=1e-6, atol=1e-6)
 
 
-def test_sync_stoch_norm_gradients_float64():
+# gradcheck's many forwards take minutes in the Triton interpreter; the Triton phases are checked
+# against closed forms in test_stochnorm.py and over two ranks above.
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "triton"])
+def test_sync_stoch_norm_gradients_float64(backend):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, C, 5, dtype=torch.float64, generator=g).requires_grad_()
     weight = torch.rand(C, dtype=torch.float64, generator=g).add(0.5).requires_grad_()
     bias = torch.randn(C, dtype=torch.float64, generator=g).requires_grad_()
     running_mean = torch.randn(C, dtype=torch.float64, generator=g)
     running_var = torch.rand(C, dtype=torch.float64, generator=g) + 0.5
-    for mask in (FIXED_MASK, None):
-        assert torch.autograd.gradcheck(
-            lambda x, w, b: sync_stoch_norm(x, w, b, running_mean, running_var, mask)[0],
-            (x, weight, bias))
+    with tltorch_ext.set_backend(backend):
+        for mask in (FIXED_MASK, None):
+            assert torch.autograd.gradcheck(
+                lambda x, w, b: sync_stoch_norm(x, w, b, running_mean, running_var, mask)[0],
+                (x, weight, bias))
 
 
 def test_convert_sync_stochnorm_copies_state():

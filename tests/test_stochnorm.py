@@ -3,6 +3,7 @@ against an independent float64 closed form (two F.batch_norm mixed per channel) 
 closed forms (BatchNorm at p = 1, running statistics at p = 0), gradients, custom-op checks,
 torch.compile, module state and bad input."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from torch import nn
 import tltorch_ext
 from op_testing import CPU_BACKENDS, GPU_BACKENDS, rel_err, tolerances
 from tltorch_ext.finetune import StochNorm1d, StochNorm2d, StochNorm3d, convert_model
-from tltorch_ext.ops import stoch_norm, update_running_stats
+from tltorch_ext.ops import (stoch_norm, stoch_norm_backward_elemt, stoch_norm_backward_reduce,
+                             stoch_norm_elemt, stoch_norm_stats, update_running_stats)
 
 BACKENDS = CPU_BACKENDS
 EPS = 1e-5
@@ -133,6 +135,177 @@ def test_backend_without_affine_and_with_float32_parameters(backend):
         if affine:
             assert grads[1].dtype == torch.float32
             assert rel_err(grads[1], ref_grads[1]) < TOLERANCE[dtype]
+
+
+# ---------------------------------------------------------------------------------------------
+# The phases: each against float64 sums written out per channel, and composed over a batch split
+# in two (what SyncStochNorm does across ranks) against the whole batch's oracle
+
+PHASE_SHAPES = {k: SHAPES[k] for k in ("2d", "4d", "4d-channels-last", "many-channels-last")}
+
+
+def channel_rows(t: torch.Tensor) -> torch.Tensor:
+    """t (N, C, *) as float64 (C, N·S): one row of values per channel."""
+    return t.double().transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def saved_stats(x, params, mask):
+    """The float64 statistics each channel normalizes with (batch ones where the mask is set)."""
+    values = channel_rows(x)
+    mean = values.sum(1) / values.shape[1]
+    var = ((values - mean[:, None]) ** 2).sum(1) / values.shape[1]
+    save_mean = torch.where(mask, mean, params["running_mean"].double())
+    save_invstd = 1 / torch.sqrt(torch.where(mask, var, params["running_var"].double()) + EPS)
+    return mean, var, save_mean, save_invstd
+
+
+def acc_of(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(PHASE_SHAPES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_phases_match_float64_sums(backend, case, dtype):
+    check_phases(backend, *PHASE_SHAPES[case], dtype, "cpu")
+
+
+def check_phases(backend, shape, cl, dtype, device):
+    x, params, mask = make_case(shape, dtype, cl, device)
+    grad_y = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
+    if cl:
+        grad_y = channels_last(grad_y)
+    mean, var, save_mean, save_invstd = saved_stats(x, params, mask)
+    w, b = params["weight"].double(), params["bias"].double()
+    values, dy = channel_rows(x), channel_rows(grad_y)
+    xhat = (values - save_mean[:, None]) * save_invstd[:, None]
+    sum_dy, sum_dy_xhat = dy.sum(1), (dy * xhat).sum(1)
+    # An arbitrary count (a process group's) in dx, to see that the op uses the one given.
+    count = 3 * values.shape[1]
+    batch = mask.double() / count
+    dx = (w * save_invstd)[:, None] * (dy - (batch * sum_dy)[:, None]
+                                       - xhat * (batch * sum_dy_xhat)[:, None])
+    acc = acc_of(x)
+    with tltorch_ext.set_backend(backend):
+        got_mean, got_var = stoch_norm_stats(x)
+        y = stoch_norm_elemt(x, params["weight"], params["bias"], save_mean.to(acc),
+                             save_invstd.to(acc))
+        got_sum_dy, got_sum_dy_xhat = stoch_norm_backward_reduce(grad_y, x, save_mean.to(acc),
+                                                                 save_invstd.to(acc))
+        grad_x = stoch_norm_backward_elemt(grad_y, x, params["weight"], mask, save_mean.to(acc),
+                                           save_invstd.to(acc), sum_dy.to(acc),
+                                           sum_dy_xhat.to(acc), count)
+    for name, got, want in (("mean", got_mean, mean), ("var", got_var, var),
+                            ("sum_dy", got_sum_dy, sum_dy),
+                            ("sum_dy_xhat", got_sum_dy_xhat, sum_dy_xhat)):
+        assert got.dtype == acc and got.shape == want.shape, name
+        assert rel_err(got, want) < TOLERANCE[dtype], name
+    for name, got, want in (("y", y, xhat * w[:, None] + b[:, None]), ("grad_x", grad_x, dx)):
+        assert got.dtype == dtype and got.stride() == x.stride(), name
+        assert rel_err(channel_rows(got), want) < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_phases_over_a_split_batch_equal_the_whole_batch(backend, cl):
+    # Two unequal parts of a batch with their moments merged and their gradient sums added give
+    # the whole batch's StochNorm: the float64 oracle's y and dx, part by part.
+    x, params, mask = make_case((7, 5, 4, 3), torch.float64, cl)
+    grad_y = torch.randn_like(x)
+    (y_ref, *_), (dx_ref, _, _) = oracle64(x, params, mask, grad_y)
+    parts = (slice(0, 2), slice(2, 7))
+    rm, rv = params["running_mean"], params["running_var"]
+    with tltorch_ext.set_backend(backend):
+        moments = [(p.stop - p.start, *stoch_norm_stats(x[p])) for p in parts]
+        count = sum(n * 12 for n, _, _ in moments)
+        total = sum(n * 12 * m for n, m, _ in moments)
+        total_sq = sum(n * 12 * (v + m * m) for n, m, v in moments)
+        mean = total / count
+        var = total_sq / count - mean * mean
+        save_mean = torch.where(mask, mean, rm)
+        save_invstd = torch.where(mask, var, rv).add(EPS).rsqrt()
+        sums = [stoch_norm_backward_reduce(grad_y[p], x[p], save_mean, save_invstd) for p in parts]
+        sum_dy, sum_dy_xhat = (sum(s[i] for s in sums) for i in range(2))
+        for p in parts:
+            y = stoch_norm_elemt(x[p], params["weight"], params["bias"], save_mean, save_invstd)
+            dx = stoch_norm_backward_elemt(grad_y[p], x[p], params["weight"], mask, save_mean,
+                                           save_invstd, sum_dy, sum_dy_xhat, count)
+            torch.testing.assert_close(y, y_ref[p], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(dx, dx_ref[p], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_forward_and_backward_equal_their_phases(backend):
+    # The fused ops are each backend's phases composed in one call: same values (to rounding of
+    # the selection's 1/√(σ² + ε), which the fused combine computes in-kernel).
+    x, params, mask = make_case((3, 6, 5, 4), torch.float32, cl=True)
+    grad_y = channels_last(torch.randn_like(x))
+    w, b = params["weight"], params["bias"]
+    rm, rv = params["running_mean"], params["running_var"]
+    with tltorch_ext.set_backend(backend):
+        y, save_mean, save_invstd, batch_mean, batch_var = stoch_norm(x, w, b, rm, rv, mask, EPS)
+        mean, var = stoch_norm_stats(x)
+        phase_invstd = torch.where(mask, var, rv).add(EPS).rsqrt()
+        phase_y = stoch_norm_elemt(x, w, b, torch.where(mask, mean, rm), phase_invstd)
+        grads = torch.ops.tltorch_ext.stoch_norm_backward(grad_y, x, w, mask, save_mean,
+                                                          save_invstd)
+        sum_dy, sum_dy_xhat = stoch_norm_backward_reduce(grad_y, x, save_mean, save_invstd)
+        phase_dx = stoch_norm_backward_elemt(grad_y, x, w, mask, save_mean, save_invstd, sum_dy,
+                                             sum_dy_xhat, x.numel() // 6)
+    assert torch.equal(batch_mean, mean) and torch.equal(batch_var, var)
+    torch.testing.assert_close(save_invstd, phase_invstd, rtol=1e-6, atol=0)
+    torch.testing.assert_close(y, phase_y, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, (phase_dx, sum_dy_xhat, sum_dy)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_phase_opcheck(backend):
+    x, params, mask = make_case((3, 4, 5), torch.float32)
+    grad_y = torch.randn_like(x)
+    w, b = params["weight"], params["bias"]
+    ops = torch.ops.tltorch_ext
+    with tltorch_ext.set_backend(backend):
+        mean, var = stoch_norm_stats(x)
+        invstd = var.add(EPS).rsqrt()
+        sum_dy, sum_dy_xhat = stoch_norm_backward_reduce(grad_y, x, mean, invstd)
+        torch.library.opcheck(ops.stoch_norm_stats.default, (x,))
+        for weight, bias in ((w, b), (None, None)):
+            torch.library.opcheck(ops.stoch_norm_elemt.default, (x, weight, bias, mean, invstd))
+            torch.library.opcheck(
+                ops.stoch_norm_backward_elemt.default,
+                (grad_y, x, weight, mask, mean, invstd, sum_dy, sum_dy_xhat, 45))
+        torch.library.opcheck(ops.stoch_norm_backward_reduce.default, (grad_y, x, mean, invstd))
+
+
+def test_phase_bad_arguments():
+    x, params, mask = make_case((3, 4, 5), torch.float32)
+    stats = torch.ones(4)
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        stoch_norm_stats(x.int())
+    with pytest.raises(ValueError, match="at least one value per channel"):
+        stoch_norm_stats(x[:0])
+    with pytest.raises(ValueError, match=r"save_invstd must have shape \(4,\)"):
+        stoch_norm_elemt(x, None, None, stats, torch.ones(3))
+    with pytest.raises(ValueError, match="grad_y must match x's shape"):
+        stoch_norm_backward_reduce(x[:2], x, stats, stats)
+    with pytest.raises(ValueError, match="grad_y must match x's shape .* and dtype"):
+        stoch_norm_backward_reduce(x.double(), x, stats, stats)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        stoch_norm_backward_elemt(x, x, None, mask.float(), stats, stats, stats, stats, 15)
+    with pytest.raises(ValueError, match="count must be a positive int"):
+        stoch_norm_backward_elemt(x, x, None, mask, stats, stats, stats, stats, 0)
+    with pytest.raises(ValueError, match="sum_dy is on meta but x is on cpu"):
+        stoch_norm_backward_elemt(x, x, None, mask, stats, stats, stats.to("meta"), stats, 15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_docs_phases_example_runs(backend):
+    # docs/api_stochnorm.md's phases block: two halves through the phases equal the fused op.
+    text = (Path(__file__).parents[1] / "docs" / "api_stochnorm.md").read_text()
+    block = text.split("### The phases")[1].split("```python\n")[1].split("```")[0]
+    with tltorch_ext.set_backend(backend):
+        exec(compile(block, "api_stochnorm.md", "exec"), {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,6 +684,15 @@ def test_gpu_backend_matches_float64_oracle(backend, case, dtype):
     for o, r in zip(grads, ref_grads):
         assert rel_err(o, r) < TOLERANCE[dtype]
     assert out[0].stride() == x.stride() and grads[0].stride() == x.stride()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", ["nchw-vectorized", "nchw-odd", "channels-last-vectorized",
+                                  "channels-last-odd", "2d"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_phases_match_float64_sums(backend, case, dtype):
+    check_phases(backend, *GPU_SHAPES[case], dtype, "cuda")
 
 
 @pytest.mark.gpu

@@ -324,7 +324,74 @@ void check_cpu(const at::Tensor& t, const char* name) {
               t.device());
 }
 
+// ---------------------------------------------------------------------------------------------
+// The phases, as the entry points below compose them (the fused forward/backward and the phase
+// ops run the same code).
+
+template <typename scalar_t, typename acc_t>
+void batch_stats(const scalar_t* x, const StochNormLayout& l, acc_t* mean, acc_t* var) {
+  if (l.channels_last) {
+    batch_stats_channels_last(x, l, mean, var);
+  } else {
+    batch_stats_channels_first(x, l, mean, var);
+  }
+}
+
+// y = (x − μ)·γ·invstd + β; weight and bias may be null (γ = 1, β = 0).
+template <typename scalar_t, typename acc_t>
+void normalize(const scalar_t* x, scalar_t* y, const StochNormLayout& l, const acc_t* save_mean,
+               const acc_t* save_invstd, const acc_t* weight, const acc_t* bias) {
+  std::vector<acc_t> scale(l.c), shift(l.c);
+  for (int64_t c = 0; c < l.c; ++c) {
+    scale[c] = weight ? save_invstd[c] * weight[c] : save_invstd[c];
+    shift[c] = bias ? bias[c] : acc_t(0);
+  }
+  const ChannelCoefficients<acc_t> coefficients{save_mean, scale.data(), shift.data(), nullptr};
+  affine_write<false>(x, static_cast<const scalar_t*>(nullptr), y, l, coefficients);
+}
+
+// Σdy and Σdy·x̂ per channel.
+template <typename scalar_t, typename acc_t>
+void grad_sums(const scalar_t* dy, const scalar_t* x, const StochNormLayout& l,
+               const acc_t* save_mean, const acc_t* save_invstd, acc_t* sum_dy,
+               acc_t* sum_dy_xhat) {
+  if (l.channels_last) {
+    grad_sums_channels_last(dy, x, save_mean, l, sum_dy, sum_dy_xhat);
+  } else {
+    grad_sums_channels_first(dy, x, save_mean, l, sum_dy, sum_dy_xhat);
+  }
+  for (int64_t c = 0; c < l.c; ++c) sum_dy_xhat[c] *= save_invstd[c];  // Σdy·(x − μ) → Σdy·x̂
+}
+
+// dx = γ·invstd·(dy − s·Σdy/count − x̂·s·Σdy·x̂/count), x̂ = (x − μ)·invstd, s the mask; count is
+// the number of values the sums ran over (more than x's own in a process group).
+template <typename scalar_t, typename acc_t>
+void grad_input(const scalar_t* dy, const scalar_t* x, scalar_t* dx, const StochNormLayout& l,
+                const acc_t* weight, const bool* mask, const acc_t* save_mean,
+                const acc_t* save_invstd, const acc_t* sum_dy, const acc_t* sum_dy_xhat,
+                acc_t count) {
+  std::vector<acc_t> k_dy(l.c), k_xmu(l.c), k_const(l.c);
+  for (int64_t c = 0; c < l.c; ++c) {
+    const acc_t gamma_invstd = (weight ? weight[c] : acc_t(1)) * save_invstd[c];
+    const acc_t per_value = mask[c] ? gamma_invstd / count : acc_t(0);
+    k_dy[c] = gamma_invstd;
+    k_xmu[c] = -per_value * save_invstd[c] * sum_dy_xhat[c];
+    k_const[c] = -per_value * sum_dy[c];
+  }
+  const ChannelCoefficients<acc_t> coefficients{save_mean, k_xmu.data(), k_const.data(),
+                                                k_dy.data()};
+  affine_write<true>(x, dy, dx, l, coefficients);
+}
+
+#define TLTORCH_EXT_STOCH_NORM_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. Fused forward: stats, then per channel batch or running statistics by the mask,
+// then the elemt write; fused backward: backward_reduce, then backward_elemt with this call's
+// own count.
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stoch_norm_forward_cpu(
     const at::Tensor& x, const std::optional<at::Tensor>& weight,
@@ -332,35 +399,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stoch_nor
     const at::Tensor& running_var, const at::Tensor& mask, double eps) {
   check_cpu(x, "x");
   const StochNormForwardArgs a(x, weight, bias, running_mean, running_var, mask);
-  const StochNormLayout& layout = a.layout;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
-                                  "stoch_norm_forward_cpu", [&] {
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(a.input.scalar_type(), "stoch_norm_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = a.input.data_ptr<scalar_t>();
     acc_t* mean = a.batch_mean.data_ptr<acc_t>();
     acc_t* var = a.batch_var.data_ptr<acc_t>();
-    if (layout.channels_last) {
-      batch_stats_channels_last(xp, layout, mean, var);
-    } else {
-      batch_stats_channels_first(xp, layout, mean, var);
-    }
-    // Per channel: batch or running statistics by the mask, then y = (x − μ)·γ·invstd + β.
+    batch_stats(xp, a.layout, mean, var);
     const bool* s = a.mask.data_ptr<bool>();
-    const acc_t *wp = data_or_null<acc_t>(a.weight), *bp = data_or_null<acc_t>(a.bias);
     const acc_t* rmp = a.running_mean.data_ptr<acc_t>();
     const acc_t* rvp = a.running_var.data_ptr<acc_t>();
     acc_t* sm = a.save_mean.data_ptr<acc_t>();
     acc_t* si = a.save_invstd.data_ptr<acc_t>();
-    std::vector<acc_t> scale(layout.c), shift(layout.c);
-    for (int64_t c = 0; c < layout.c; ++c) {
+    for (int64_t c = 0; c < a.layout.c; ++c) {
       sm[c] = s[c] ? mean[c] : rmp[c];
       si[c] = acc_t(1) / std::sqrt((s[c] ? var[c] : rvp[c]) + static_cast<acc_t>(eps));
-      scale[c] = wp ? si[c] * wp[c] : si[c];
-      shift[c] = bp ? bp[c] : acc_t(0);
     }
-    const ChannelCoefficients<acc_t> coefficients{sm, scale.data(), shift.data(), nullptr};
-    affine_write<false>(xp, static_cast<const scalar_t*>(nullptr), a.y.data_ptr<scalar_t>(),
-                        layout, coefficients);
+    normalize(xp, a.y.data_ptr<scalar_t>(), a.layout, sm, si, data_or_null<acc_t>(a.weight),
+              data_or_null<acc_t>(a.bias));
   });
   return a.outputs();
 }
@@ -370,9 +425,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
     const at::Tensor& mask, const at::Tensor& save_mean, const at::Tensor& save_invstd) {
   check_cpu(x, "x");
   const StochNormBackwardArgs a(grad_y, x, weight, mask, save_mean, save_invstd);
-  const StochNormLayout& layout = a.layout;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
-                                  "stoch_norm_backward_cpu", [&] {
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(a.input.scalar_type(), "stoch_norm_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = a.input.data_ptr<scalar_t>();
     const scalar_t* gp = a.grad_y.data_ptr<scalar_t>();
@@ -380,28 +433,85 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cpu(
     const acc_t* ip = a.save_invstd.data_ptr<acc_t>();
     acc_t* sum_dy = a.grad_bias.data_ptr<acc_t>();
     acc_t* sum_dy_xhat = a.grad_weight.data_ptr<acc_t>();
-    if (layout.channels_last) {
-      grad_sums_channels_last(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
-    } else {
-      grad_sums_channels_first(gp, xp, mp, layout, sum_dy, sum_dy_xhat);
-    }
-    // dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n), x̂ = (x − μ)·invstd, s the mask.
-    const bool* s = a.mask.data_ptr<bool>();
-    const acc_t* wp = data_or_null<acc_t>(a.weight);
-    const acc_t count = static_cast<acc_t>(layout.n * layout.s);
-    std::vector<acc_t> k_dy(layout.c), k_xmu(layout.c), k_const(layout.c);
-    for (int64_t c = 0; c < layout.c; ++c) {
-      sum_dy_xhat[c] *= ip[c];  // Σdy·(x − μ) → Σdy·x̂
-      const acc_t gamma_invstd = (wp ? wp[c] : acc_t(1)) * ip[c];
-      const acc_t per_value = s[c] ? gamma_invstd / count : acc_t(0);
-      k_dy[c] = gamma_invstd;
-      k_xmu[c] = -per_value * ip[c] * sum_dy_xhat[c];
-      k_const[c] = -per_value * sum_dy[c];
-    }
-    const ChannelCoefficients<acc_t> coefficients{mp, k_xmu.data(), k_const.data(), k_dy.data()};
-    affine_write<true>(xp, gp, a.grad_x.data_ptr<scalar_t>(), layout, coefficients);
+    grad_sums(gp, xp, a.layout, mp, ip, sum_dy, sum_dy_xhat);
+    grad_input(gp, xp, a.grad_x.data_ptr<scalar_t>(), a.layout, data_or_null<acc_t>(a.weight),
+               a.mask.data_ptr<bool>(), mp, ip, sum_dy, sum_dy_xhat,
+               static_cast<acc_t>(a.layout.n * a.layout.s));
   });
   return a.outputs();
+}
+
+std::tuple<at::Tensor, at::Tensor> stoch_norm_stats_cpu(const at::Tensor& x) {
+  check_cpu(x, "x");
+  const StochNormInput in(x);
+  at::Tensor mean = in.new_channel_stat(), var = in.new_channel_stat();
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_stats_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    batch_stats(in.input.data_ptr<scalar_t>(), in.layout, mean.data_ptr<acc_t>(),
+                var.data_ptr<acc_t>());
+  });
+  return {mean, var};
+}
+
+at::Tensor stoch_norm_elemt_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias,
+                                const at::Tensor& save_mean, const at::Tensor& save_invstd) {
+  check_cpu(x, "x");
+  const StochNormInput in(x);
+  const at::Tensor w = in.channel("weight", weight), b = in.channel("bias", bias);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  at::Tensor y = at::empty_like(in.input);
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_elemt_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    normalize(in.input.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), in.layout,
+              mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), data_or_null<acc_t>(w),
+              data_or_null<acc_t>(b));
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cpu(const at::Tensor& grad_y,
+                                                                  const at::Tensor& x,
+                                                                  const at::Tensor& save_mean,
+                                                                  const at::Tensor& save_invstd) {
+  check_cpu(x, "x");
+  const StochNormInput in(x);
+  const at::Tensor dy = in.like_x("grad_y", grad_y);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  at::Tensor sum_dy = in.new_channel_stat(), sum_dy_xhat = in.new_channel_stat();
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_backward_reduce_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_sums(dy.data_ptr<scalar_t>(), in.input.data_ptr<scalar_t>(), in.layout,
+              mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), sum_dy.data_ptr<acc_t>(),
+              sum_dy_xhat.data_ptr<acc_t>());
+  });
+  return {sum_dy, sum_dy_xhat};
+}
+
+at::Tensor stoch_norm_backward_elemt_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                         const std::optional<at::Tensor>& weight,
+                                         const at::Tensor& mask, const at::Tensor& save_mean,
+                                         const at::Tensor& save_invstd, const at::Tensor& sum_dy,
+                                         const at::Tensor& sum_dy_xhat, int64_t count) {
+  check_cpu(x, "x");
+  TORCH_CHECK(count >= 1, "stoch_norm: count must be at least 1, got ", count);
+  const StochNormInput in(x);
+  const at::Tensor dy = in.like_x("grad_y", grad_y);
+  const at::Tensor w = in.channel("weight", weight), s = in.mask(mask);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  const at::Tensor a = in.channel("sum_dy", sum_dy), b = in.channel("sum_dy_xhat", sum_dy_xhat);
+  at::Tensor grad_x = at::empty_like(in.input);
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_backward_elemt_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_input(dy.data_ptr<scalar_t>(), in.input.data_ptr<scalar_t>(),
+               grad_x.data_ptr<scalar_t>(), in.layout, data_or_null<acc_t>(w),
+               s.data_ptr<bool>(), mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
+               a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), static_cast<acc_t>(count));
+  });
+  return grad_x;
 }
 
 // The schemas are defined here, with the CPU kernels; csrc/cuda/stoch_norm_binding.cpp adds
@@ -411,11 +521,23 @@ TORCH_LIBRARY_FRAGMENT(tltorch_ext_C, m) {
         "Tensor running_var, Tensor mask, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("stoch_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mask, "
         "Tensor save_mean, Tensor save_invstd) -> (Tensor, Tensor, Tensor)");
+  m.def("stoch_norm_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("stoch_norm_elemt(Tensor x, Tensor? weight, Tensor? bias, Tensor save_mean, "
+        "Tensor save_invstd) -> Tensor");
+  m.def("stoch_norm_backward_reduce(Tensor grad_y, Tensor x, Tensor save_mean, "
+        "Tensor save_invstd) -> (Tensor, Tensor)");
+  m.def("stoch_norm_backward_elemt(Tensor grad_y, Tensor x, Tensor? weight, Tensor mask, "
+        "Tensor save_mean, Tensor save_invstd, Tensor sum_dy, Tensor sum_dy_xhat, int count) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tltorch_ext_C, CPU, m) {
   m.impl("stoch_norm_forward", &stoch_norm_forward_cpu);
   m.impl("stoch_norm_backward", &stoch_norm_backward_cpu);
+  m.impl("stoch_norm_stats", &stoch_norm_stats_cpu);
+  m.impl("stoch_norm_elemt", &stoch_norm_elemt_cpu);
+  m.impl("stoch_norm_backward_reduce", &stoch_norm_backward_reduce_cpu);
+  m.impl("stoch_norm_backward_elemt", &stoch_norm_backward_elemt_cpu);
 }
 
 }  // namespace tltorch_ext

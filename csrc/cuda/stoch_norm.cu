@@ -1,8 +1,11 @@
 // StochNorm CUDA kernels (docs/api_stochnorm.md); interface and conventions in stoch_norm.cuh.
 //
-// Forward: a statistics pass, a per-channel combine, a write pass. Backward: a reduction pass for
-// Σdy and Σdy·(x − μ), a per-channel combine, a write pass. The reduction passes run on a grid of
-// channel blocks × splits of the N·S values, so that a few channels still fill the GPU:
+// The phases: stats (a statistics pass, a per-channel combine), elemt (per-channel coefficients,
+// a write pass), backward_reduce (a reduction pass for Σdy and Σdy·(x − μ), a per-channel
+// combine), backward_elemt (per-channel coefficients from those sums and the count, a write
+// pass). The fused forward and backward are composed of them (see their definitions). The
+// reduction passes run on a grid of channel blocks × splits of the N·S values, so that a few
+// channels still fill the GPU:
 // - channels-first memory: one block per (channel, split), each thread walking 16-byte vectors of
 //   one channel's rows;
 // - channels-last memory: a block is (channel lanes × rows); each thread owns 16 bytes of
@@ -330,39 +333,74 @@ __global__ void __launch_bounds__(kThreads)
     m.merge(Moments<acc_t>{p[0], p[plane], p[2 * plane]});
   }
   const acc_t var = m.m2 / m.count;  // count = N·S ≥ 1
-  const bool batch = mask[c];
-  const acc_t invstd = acc_t(1) / sqrt((batch ? var : running_var[c]) + eps);
   batch_mean[c] = m.mean;
   batch_var[c] = var;
+  if (mask == nullptr) return;  // the stats phase: no selection
+  const bool batch = mask[c];
+  const acc_t invstd = acc_t(1) / sqrt((batch ? var : running_var[c]) + eps);
   save_mean[c] = batch ? m.mean : running_mean[c];
   save_invstd[c] = invstd;
   scale[c] = weight == nullptr ? invstd : invstd * weight[c];
   shift[c] = bias == nullptr ? acc_t(0) : bias[c];
 }
 
+// The elemt phase's write coefficients: scale = γ·invstd, shift = β.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    grad_combine_kernel(const acc_t* partials, int splits, int64_t C, acc_t count,
-                        const acc_t* weight, const bool* mask, const acc_t* invstd,
-                        acc_t* grad_weight, acc_t* grad_bias, acc_t* k_dy, acc_t* k_xmu,
-                        acc_t* k_const) {
+    elemt_coefficients_kernel(int64_t C, const acc_t* weight, const acc_t* bias,
+                              const acc_t* invstd, acc_t* scale, acc_t* shift) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  scale[c] = weight == nullptr ? invstd[c] : invstd[c] * weight[c];
+  shift[c] = bias == nullptr ? acc_t(0) : bias[c];
+}
+
+// dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) = k_dy·dy + k_xmu·(x − μ) + k_const, n = count.
+template <typename acc_t>
+__device__ __forceinline__ void store_grad_coefficients(int64_t c, acc_t count,
+                                                        const acc_t* weight, const bool* mask,
+                                                        acc_t invstd, acc_t sum_dy,
+                                                        acc_t sum_dy_xhat, acc_t* k_dy,
+                                                        acc_t* k_xmu, acc_t* k_const) {
+  const acc_t gamma_invstd = weight == nullptr ? invstd : weight[c] * invstd;
+  const acc_t per_value = mask[c] ? gamma_invstd / count : acc_t(0);
+  k_dy[c] = gamma_invstd;
+  k_xmu[c] = -per_value * invstd * sum_dy_xhat;
+  k_const[c] = -per_value * sum_dy;
+}
+
+// Σdy and Σdy·x̂ per channel from the splits' partials; with k_dy non-null (the fused backward,
+// whose sums run over x's own `count` values) also the write pass's coefficients.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    grad_sums_kernel(const acc_t* partials, int splits, int64_t C, const acc_t* invstd,
+                     acc_t* sum_dy, acc_t* sum_dy_xhat, acc_t count, const acc_t* weight,
+                     const bool* mask, acc_t* k_dy, acc_t* k_xmu, acc_t* k_const) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const int64_t plane = splits * C;
-  acc_t sum_dy = 0, sum_dy_xmu = 0;
+  acc_t dy = 0, dy_xmu = 0;
   for (int k = 0; k < splits; ++k) {
-    sum_dy += partials[k * C + c];
-    sum_dy_xmu += partials[plane + k * C + c];
+    dy += partials[k * C + c];
+    dy_xmu += partials[plane + k * C + c];
   }
-  const acc_t sum_dy_xhat = sum_dy_xmu * invstd[c];
-  const acc_t gamma_invstd = weight == nullptr ? invstd[c] : weight[c] * invstd[c];
-  // dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) = k_dy·dy + k_xmu·(x − μ) + k_const.
-  const acc_t per_value = mask[c] ? gamma_invstd / count : acc_t(0);
-  grad_weight[c] = sum_dy_xhat;
-  grad_bias[c] = sum_dy;
-  k_dy[c] = gamma_invstd;
-  k_xmu[c] = -per_value * invstd[c] * sum_dy_xhat;
-  k_const[c] = -per_value * sum_dy;
+  const acc_t dy_xhat = dy_xmu * invstd[c];
+  sum_dy[c] = dy;
+  sum_dy_xhat[c] = dy_xhat;
+  if (k_dy != nullptr)
+    store_grad_coefficients(c, count, weight, mask, invstd[c], dy, dy_xhat, k_dy, k_xmu, k_const);
+}
+
+// The write pass's coefficients from given sums and count (backward_elemt).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    grad_coefficients_kernel(int64_t C, acc_t count, const acc_t* weight, const bool* mask,
+                             const acc_t* invstd, const acc_t* sum_dy, const acc_t* sum_dy_xhat,
+                             acc_t* k_dy, acc_t* k_xmu, acc_t* k_const) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  store_grad_coefficients(c, count, weight, mask, invstd[c], sum_dy[c], sum_dy_xhat[c], k_dy,
+                          k_xmu, k_const);
 }
 
 // ---- write pass --------------------------------------------------------------------------------
@@ -485,11 +523,79 @@ cudaError_t stoch_norm_plan(const StochNormShape& shape, StochNormPlan* plan) {
   const int64_t affordable = ceil_div(values, threads_per_split * kMinValuesPerThread);
   plan->splits = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({wanted, affordable, int64_t{kMaxGridY}})));
-  // Forward: partials 3·splits·C + scale, shift; backward: 2·splits·C + three coefficients.
+  // Forward: partials 3·splits·C + scale, shift; backward: 2·splits·C + three coefficients. Each
+  // phase needs a part of that.
   plan->workspace_elems = 3 * plan->splits * shape.c + 3 * shape.c;
   return cudaSuccess;
 }
 
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_stats(const StochNormShape& shape, const StochNormPlan& plan,
+                             const scalar_t* x, acc_t* mean, acc_t* var, acc_t* workspace,
+                             cudaStream_t stream) {
+  const int64_t C = shape.c, plane = plan.splits * C;
+  const StatsOp<scalar_t, acc_t> op{x, workspace, C, plane};
+  const bool vec = vectorizable<scalar_t>(shape, x, nullptr, nullptr);
+  if (cudaError_t err = reduce<scalar_t>(op, vec, shape, plan.splits, stream)) return err;
+  stats_combine_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      workspace, plan.splits, C, nullptr, nullptr, nullptr, nullptr, nullptr, acc_t(0), mean, var,
+      nullptr, nullptr, nullptr, nullptr);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_elemt(const StochNormShape& shape, const StochNormPlan& plan,
+                             const scalar_t* x, const acc_t* weight, const acc_t* bias,
+                             const acc_t* save_mean, const acc_t* save_invstd, scalar_t* y,
+                             acc_t* workspace, cudaStream_t stream) {
+  const int64_t C = shape.c;
+  acc_t* scale = workspace;
+  acc_t* shift = scale + C;
+  elemt_coefficients_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      C, weight, bias, save_invstd, scale, shift);
+  if (cudaError_t err = cudaGetLastError()) return err;
+  return write<false>(shape, plan, x, static_cast<const scalar_t*>(nullptr), y,
+                      Coefficients<acc_t>{save_mean, scale, shift, nullptr}, stream);
+}
+
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_backward_reduce(const StochNormShape& shape, const StochNormPlan& plan,
+                                       const scalar_t* grad_y, const scalar_t* x,
+                                       const acc_t* save_mean, const acc_t* save_invstd,
+                                       acc_t* sum_dy, acc_t* sum_dy_xhat, acc_t* workspace,
+                                       cudaStream_t stream) {
+  const int64_t C = shape.c, plane = plan.splits * C;
+  const GradSumsOp<scalar_t, acc_t> op{grad_y, x, save_mean, workspace, C, plane};
+  const bool vec = vectorizable<scalar_t>(shape, x, grad_y, nullptr);
+  if (cudaError_t err = reduce<scalar_t>(op, vec, shape, plan.splits, stream)) return err;
+  grad_sums_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      workspace, plan.splits, C, save_invstd, sum_dy, sum_dy_xhat, acc_t(0), nullptr, nullptr,
+      nullptr, nullptr, nullptr);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_backward_elemt(const StochNormShape& shape, const StochNormPlan& plan,
+                                      const scalar_t* grad_y, const scalar_t* x,
+                                      const acc_t* weight, const bool* mask,
+                                      const acc_t* save_mean, const acc_t* save_invstd,
+                                      const acc_t* sum_dy, const acc_t* sum_dy_xhat,
+                                      int64_t count, scalar_t* grad_x, acc_t* workspace,
+                                      cudaStream_t stream) {
+  const int64_t C = shape.c;
+  acc_t* k_dy = workspace;
+  acc_t* k_xmu = k_dy + C;
+  acc_t* k_const = k_xmu + C;
+  grad_coefficients_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      C, static_cast<acc_t>(count), weight, mask, save_invstd, sum_dy, sum_dy_xhat, k_dy, k_xmu,
+      k_const);
+  if (cudaError_t err = cudaGetLastError()) return err;
+  return write<true>(shape, plan, x, grad_y, grad_x,
+                     Coefficients<acc_t>{save_mean, k_xmu, k_const, k_dy}, stream);
+}
+
+// The fused forward is the stats phase's reduction, one combine that also selects per channel
+// and computes the write coefficients, and the elemt phase's write: three launches.
 template <typename scalar_t, typename acc_t>
 cudaError_t stoch_norm_forward(const StochNormShape& shape, const StochNormPlan& plan,
                                const scalar_t* x, const acc_t* weight, const acc_t* bias,
@@ -511,6 +617,9 @@ cudaError_t stoch_norm_forward(const StochNormShape& shape, const StochNormPlan&
                       Coefficients<acc_t>{save_mean, scale, shift, nullptr}, stream);
 }
 
+// The fused backward is backward_reduce's reduction, one combine that also computes
+// backward_elemt's coefficients for x's own N·S values, and backward_elemt's write: three
+// launches, as forward.
 template <typename scalar_t, typename acc_t>
 cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan& plan,
                                 const scalar_t* grad_y, const scalar_t* x, const acc_t* weight,
@@ -524,9 +633,9 @@ cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan
   const GradSumsOp<scalar_t, acc_t> op{grad_y, x, save_mean, workspace, C, plane};
   const bool vec = vectorizable<scalar_t>(shape, x, grad_y, nullptr);
   if (cudaError_t err = reduce<scalar_t>(op, vec, shape, plan.splits, stream)) return err;
-  grad_combine_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
-      workspace, plan.splits, C, static_cast<acc_t>(shape.n * shape.s), weight, mask,
-      save_invstd, grad_weight, grad_bias, k_dy, k_xmu, k_const);
+  grad_sums_kernel<acc_t><<<ceil_div(C, kThreads), kThreads, 0, stream>>>(
+      workspace, plan.splits, C, save_invstd, grad_bias, grad_weight,
+      static_cast<acc_t>(shape.n * shape.s), weight, mask, k_dy, k_xmu, k_const);
   if (cudaError_t err = cudaGetLastError()) return err;
   return write<true>(shape, plan, x, grad_y, grad_x,
                      Coefficients<acc_t>{save_mean, k_xmu, k_const, k_dy}, stream);
@@ -540,7 +649,20 @@ cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan
   template cudaError_t stoch_norm_backward<scalar_t, acc_t>(                                    \
       const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
       const acc_t*, const bool*, const acc_t*, const acc_t*, scalar_t*, acc_t*, acc_t*, acc_t*, \
-      cudaStream_t);
+      cudaStream_t);                                                                            \
+  template cudaError_t stoch_norm_stats<scalar_t, acc_t>(                                       \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, acc_t*, acc_t*, acc_t*,     \
+      cudaStream_t);                                                                            \
+  template cudaError_t stoch_norm_elemt<scalar_t, acc_t>(                                       \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const acc_t*, const acc_t*, \
+      const acc_t*, const acc_t*, scalar_t*, acc_t*, cudaStream_t);                             \
+  template cudaError_t stoch_norm_backward_reduce<scalar_t, acc_t>(                             \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
+      const acc_t*, const acc_t*, acc_t*, acc_t*, acc_t*, cudaStream_t);                        \
+  template cudaError_t stoch_norm_backward_elemt<scalar_t, acc_t>(                              \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
+      const acc_t*, const bool*, const acc_t*, const acc_t*, const acc_t*, const acc_t*,        \
+      int64_t, scalar_t*, acc_t*, cudaStream_t);
 TLTORCH_EXT_STOCH_NORM_INSTANTIATE(float, float)
 TLTORCH_EXT_STOCH_NORM_INSTANTIATE(__half, float)
 TLTORCH_EXT_STOCH_NORM_INSTANTIATE(__nv_bfloat16, float)

@@ -49,6 +49,40 @@ cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan
                                 const acc_t* save_invstd, scalar_t* grad_x, acc_t* grad_weight,
                                 acc_t* grad_bias, acc_t* workspace, cudaStream_t stream);
 
+// The phases (docs/api_stochnorm.md), which the two above are composed of; `workspace` as the
+// plan sizes it.
+// Biased per-channel batch mean and variance of x.
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_stats(const StochNormShape& shape, const StochNormPlan& plan,
+                             const scalar_t* x, acc_t* mean, acc_t* var, acc_t* workspace,
+                             cudaStream_t stream);
+
+// y = γ·(x − save_mean)·save_invstd + β.
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_elemt(const StochNormShape& shape, const StochNormPlan& plan,
+                             const scalar_t* x, const acc_t* weight, const acc_t* bias,
+                             const acc_t* save_mean, const acc_t* save_invstd, scalar_t* y,
+                             acc_t* workspace, cudaStream_t stream);
+
+// sum_dy = Σdy, sum_dy_xhat = Σdy·x̂ per channel.
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_backward_reduce(const StochNormShape& shape, const StochNormPlan& plan,
+                                       const scalar_t* grad_y, const scalar_t* x,
+                                       const acc_t* save_mean, const acc_t* save_invstd,
+                                       acc_t* sum_dy, acc_t* sum_dy_xhat, acc_t* workspace,
+                                       cudaStream_t stream);
+
+// grad_x = γ·invstd·(dy − s·sum_dy/count − x̂·s·sum_dy_xhat/count), the sums and count being
+// over every value the statistics came from (a process group's, for SyncStochNorm).
+template <typename scalar_t, typename acc_t>
+cudaError_t stoch_norm_backward_elemt(const StochNormShape& shape, const StochNormPlan& plan,
+                                      const scalar_t* grad_y, const scalar_t* x,
+                                      const acc_t* weight, const bool* mask,
+                                      const acc_t* save_mean, const acc_t* save_invstd,
+                                      const acc_t* sum_dy, const acc_t* sum_dy_xhat,
+                                      int64_t count, scalar_t* grad_x, acc_t* workspace,
+                                      cudaStream_t stream);
+
 #define TLTORCH_EXT_STOCH_NORM_EXTERN(scalar_t, acc_t)                                          \
   extern template cudaError_t stoch_norm_forward<scalar_t, acc_t>(                              \
       const StochNormShape&, const StochNormPlan&, const scalar_t*, const acc_t*, const acc_t*, \
@@ -57,7 +91,20 @@ cudaError_t stoch_norm_backward(const StochNormShape& shape, const StochNormPlan
   extern template cudaError_t stoch_norm_backward<scalar_t, acc_t>(                             \
       const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
       const acc_t*, const bool*, const acc_t*, const acc_t*, scalar_t*, acc_t*, acc_t*, acc_t*, \
-      cudaStream_t);
+      cudaStream_t);                                                                            \
+  extern template cudaError_t stoch_norm_stats<scalar_t, acc_t>(                                \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, acc_t*, acc_t*, acc_t*,     \
+      cudaStream_t);                                                                            \
+  extern template cudaError_t stoch_norm_elemt<scalar_t, acc_t>(                                \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const acc_t*, const acc_t*, \
+      const acc_t*, const acc_t*, scalar_t*, acc_t*, cudaStream_t);                             \
+  extern template cudaError_t stoch_norm_backward_reduce<scalar_t, acc_t>(                      \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
+      const acc_t*, const acc_t*, acc_t*, acc_t*, acc_t*, cudaStream_t);                        \
+  extern template cudaError_t stoch_norm_backward_elemt<scalar_t, acc_t>(                       \
+      const StochNormShape&, const StochNormPlan&, const scalar_t*, const scalar_t*,            \
+      const acc_t*, const bool*, const acc_t*, const acc_t*, const acc_t*, const acc_t*,        \
+      int64_t, scalar_t*, acc_t*, cudaStream_t);
 TLTORCH_EXT_STOCH_NORM_EXTERN(float, float)
 TLTORCH_EXT_STOCH_NORM_EXTERN(__half, float)
 TLTORCH_EXT_STOCH_NORM_EXTERN(__nv_bfloat16, float)

@@ -67,11 +67,104 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stoch_norm_backward_cuda(
   return a.outputs();
 }
 
+std::tuple<at::Tensor, at::Tensor> stoch_norm_stats_cuda(const at::Tensor& x) {
+  binding::check_cuda(x, "stoch_norm: x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StochNormInput in(x);
+  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
+  at::Tensor mean = in.new_channel_stat(), var = in.new_channel_stat();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+                                  "stoch_norm_stats_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    C10_CUDA_CHECK(cuda::stoch_norm_stats(launch.shape, launch.plan, cuda_ptr<scalar_t>(in.input),
+                                          cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(var),
+                                          cuda_ptr<acc_t>(launch.workspace), launch.stream));
+  });
+  return {mean, var};
+}
+
+at::Tensor stoch_norm_elemt_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& bias,
+                                 const at::Tensor& save_mean, const at::Tensor& save_invstd) {
+  binding::check_cuda(x, "stoch_norm: x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StochNormInput in(x);
+  const at::Tensor w = in.channel("weight", weight), b = in.channel("bias", bias);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
+  at::Tensor y = at::empty_like(in.input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+                                  "stoch_norm_elemt_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    C10_CUDA_CHECK(cuda::stoch_norm_elemt(
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(in.input), cuda_ptr<acc_t>(w),
+        cuda_ptr<acc_t>(b), cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd), cuda_ptr<scalar_t>(y),
+        cuda_ptr<acc_t>(launch.workspace), launch.stream));
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& save_mean,
+    const at::Tensor& save_invstd) {
+  binding::check_cuda(x, "stoch_norm: x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StochNormInput in(x);
+  const at::Tensor dy = in.like_x("grad_y", grad_y);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
+  at::Tensor sum_dy = in.new_channel_stat(), sum_dy_xhat = in.new_channel_stat();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+                                  "stoch_norm_backward_reduce_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    C10_CUDA_CHECK(cuda::stoch_norm_backward_reduce(
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(dy), cuda_ptr<scalar_t>(in.input),
+        cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd), cuda_ptr<acc_t>(sum_dy),
+        cuda_ptr<acc_t>(sum_dy_xhat), cuda_ptr<acc_t>(launch.workspace), launch.stream));
+  });
+  return {sum_dy, sum_dy_xhat};
+}
+
+at::Tensor stoch_norm_backward_elemt_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                          const std::optional<at::Tensor>& weight,
+                                          const at::Tensor& mask, const at::Tensor& save_mean,
+                                          const at::Tensor& save_invstd,
+                                          const at::Tensor& sum_dy,
+                                          const at::Tensor& sum_dy_xhat, int64_t count) {
+  binding::check_cuda(x, "stoch_norm: x");
+  TORCH_CHECK(count >= 1, "stoch_norm: count must be at least 1, got ", count);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const StochNormInput in(x);
+  const at::Tensor dy = in.like_x("grad_y", grad_y);
+  const at::Tensor w = in.channel("weight", weight), s = in.mask(mask);
+  const at::Tensor mean = in.channel("save_mean", save_mean);
+  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
+  const at::Tensor a = in.channel("sum_dy", sum_dy), b = in.channel("sum_dy_xhat", sum_dy_xhat);
+  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
+  at::Tensor grad_x = at::empty_like(in.input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+                                  "stoch_norm_backward_elemt_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    C10_CUDA_CHECK(cuda::stoch_norm_backward_elemt(
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(dy), cuda_ptr<scalar_t>(in.input),
+        cuda_ptr<acc_t>(w), s.data_ptr<bool>(), cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd),
+        cuda_ptr<acc_t>(a), cuda_ptr<acc_t>(b), count, cuda_ptr<scalar_t>(grad_x),
+        cuda_ptr<acc_t>(launch.workspace), launch.stream));
+  });
+  return grad_x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tltorch_ext_C, CUDA, m) {
   m.impl("stoch_norm_forward", &stoch_norm_forward_cuda);
   m.impl("stoch_norm_backward", &stoch_norm_backward_cuda);
+  m.impl("stoch_norm_stats", &stoch_norm_stats_cuda);
+  m.impl("stoch_norm_elemt", &stoch_norm_elemt_cuda);
+  m.impl("stoch_norm_backward_reduce", &stoch_norm_backward_reduce_cuda);
+  m.impl("stoch_norm_backward_elemt", &stoch_norm_backward_elemt_cuda);
 }
 
 }  // namespace tltorch_ext

@@ -1,10 +1,10 @@
 """SyncStochNorm (docs/api_stochnorm.md): StochNorm whose batch statistics and channel selection
 are shared by every rank of a process group, for data-parallel training (gloo on CPU, NCCL on CUDA).
 
-The cross-rank parts are one all_reduce in forward and one in backward. The local parts
-(per-channel moments, the normalization, the gradient sums) are plain PyTorch on every device:
-tltorch_ext's fused StochNorm kernels compute *local* batch statistics and normalize with them in
-one call, which is the wrong statistic here, so they are not reused.
+The local parts run on the backend the rest of the library selects (``tltorch_ext.set_backend``):
+the StochNorm phase ops (docs/api_stochnorm.md) compute this rank's moments, normalize with the
+group's statistics, and reduce and write the gradients; between them, one all_reduce in forward and
+one in backward.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..distributed import _check_group, is_distributed
-from .._tensors import check_floating, check_same_device, stat_dtype
-from ..ops.stoch_norm import update_running_stats
-from ..reference.stoch_norm import _per_channel
+from .._tensors import check_floating, check_same_device, memory_format_of, stat_dtype
+from ..ops._dispatch import resolve_for_backward
+from ..ops.stoch_norm import (OP, _backward_elemt, _backward_reduce, _elemt, _stats,
+                              update_running_stats)
 from .stochnorm import _StochNorm, rebuilt_as
 
 __all__ = ["SyncStochNorm", "sync_stoch_norm"]
@@ -38,24 +39,27 @@ class _SyncStochNormFunction(torch.autograd.Function):
     where s_c = 1 and the running ones where s_c = 0. Backward, N the group's count per channel:
         dx = γ·invstd·(dy − s·ΣG(dy)/N − x̂·s·ΣG(dy·x̂)/N),
         dγ = Σ(dy·x̂), dβ = Σ(dy) over this rank's values (DDP sums/averages them),
-    ΣG summing over every rank's values (one all_reduce of the packed (2C,) sums)."""
+    ΣG summing over every rank's values (one all_reduce of the packed (2C,) sums).
+    The local parts are the phase ops (stats, elemt, backward_reduce, backward_elemt) on the
+    backend resolved at forward; a rank with no values (N_r = 0) skips them but still takes part
+    in both all_reduces."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, proposed_mask, eps, process_group):
         channels = x.shape[1]
         acc = stat_dtype(x.dtype)
-        dims = [0] + list(range(2, x.dim()))
         local_count = x.numel() // channels
+        backend = resolve_for_backward(OP, x.device)
         # Packed in float64: [Σx | Σx² | rank-0 mask | count]. Local moments come from a stable
-        # float32 (count, mean, M2); Σx² = M2 + n·mean² in float64 keeps Var = Σx²/N − mean² free
-        # of float32 cancellation when |mean| ≫ std. Ranks other than 0 add zeros to the mask
-        # slot, so the sum *is* rank 0's mask: its broadcast rides on the same all_reduce.
+        # float32 (mean, biased variance); Σx² = n·(var + mean²) in float64 keeps
+        # Var = Σx²/N − mean² free of float32 cancellation when |mean| ≫ std. Ranks other than 0
+        # add zeros to the mask slot, so the sum *is* rank 0's mask: its broadcast rides on the
+        # same all_reduce.
         packed = torch.zeros(3 * channels + 1, dtype=torch.float64, device=x.device)
         if local_count > 0:
-            var, mean = torch.var_mean(x.to(acc), dim=dims, correction=0)
-            mean = mean.double()
+            mean, var = (t.double() for t in _stats(x))
             packed[:channels] = local_count * mean
-            packed[channels:2 * channels] = local_count * (var.double() + mean * mean)
+            packed[channels:2 * channels] = local_count * (var + mean * mean)
         if proposed_mask is not None and _is_group_root(process_group):
             packed[2 * channels:3 * channels] = proposed_mask.double()
         packed[-1] = local_count
@@ -78,15 +82,11 @@ class _SyncStochNormFunction(torch.autograd.Function):
             save_mean = torch.where(mask, batch_mean, running_mean.to(acc))
             save_var = torch.where(mask, batch_var, running_var.to(acc))
         save_invstd = torch.rsqrt(save_var + eps)
-
-        scale = save_invstd if weight is None else save_invstd * weight.to(acc)
-        shift = -save_mean * scale
-        if bias is not None:
-            shift = shift + bias.to(acc)
-        y = (x.to(acc) * _per_channel(scale, x) + _per_channel(shift, x)).to(x.dtype)
+        y = (_elemt(x, weight, bias, save_mean, save_invstd) if local_count > 0
+             else torch.empty_like(x))
 
         ctx.save_for_backward(x, weight, mask, save_mean, save_invstd)
-        ctx.count, ctx.process_group = count, process_group
+        ctx.count, ctx.process_group, ctx.backend = count, process_group, backend
         ctx.param_dtype = acc if weight is None else weight.dtype
         ctx.uses_batch_stats = bool(mask.any())  # equal on every rank: the mask is shared
         ctx.mark_non_differentiable(batch_mean, batch_var, mask)
@@ -95,24 +95,23 @@ class _SyncStochNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var, _grad_mask, _grad_count):
         x, weight, mask, save_mean, save_invstd = ctx.saved_tensors
-        acc = save_mean.dtype
-        dims = [0] + list(range(2, x.dim()))
-        xhat = (x.to(acc) - _per_channel(save_mean, x)) * _per_channel(save_invstd, x)
-        dy = grad_y.to(acc)
-        sums = torch.cat([dy.sum(dims), (dy * xhat).sum(dims)])
         channels = x.shape[1]
-        sum_dy, sum_dy_xhat = sums[:channels], sums[channels:]
+        has_values = x.numel() > 0
+        if has_values:
+            sum_dy, sum_dy_xhat = _backward_reduce(grad_y, x, save_mean, save_invstd, ctx.backend)
+        else:
+            sum_dy, sum_dy_xhat = torch.zeros((2, channels), dtype=save_mean.dtype,
+                                              device=x.device).unbind(0)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            gamma = save_invstd.new_ones(()) if weight is None else weight.to(acc)
-            grad_x = dy
+            group_dy, group_dy_xhat = sum_dy, sum_dy_xhat
             if ctx.uses_batch_stats:
-                group_sums = sums.clone()
+                group_sums = torch.cat([sum_dy, sum_dy_xhat])
                 _group_all_reduce(group_sums, ctx.process_group)
-                batch = mask.to(acc) / ctx.count
-                grad_x = (dy - _per_channel(batch * group_sums[:channels], x)
-                          - xhat * _per_channel(batch * group_sums[channels:], x))
-            grad_x = (_per_channel(gamma * save_invstd, x) * grad_x).to(x.dtype)
+                group_dy, group_dy_xhat = group_sums[:channels], group_sums[channels:]
+            grad_x = (_backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, group_dy,
+                                      group_dy_xhat, ctx.count, ctx.backend)
+                      if has_values else torch.zeros_like(x))
         grad_weight = sum_dy_xhat.to(ctx.param_dtype) if ctx.needs_input_grad[1] else None
         grad_bias = sum_dy.to(ctx.param_dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
@@ -159,6 +158,7 @@ def sync_stoch_norm(
     check_same_device("x", x, weight=weight, bias=bias, running_mean=running_mean,
                       running_var=running_var, mask=mask)
     _check_group(process_group)
+    x = x.contiguous(memory_format=memory_format_of(x))
     return _SyncStochNormFunction.apply(x, weight, bias, running_mean, running_var, mask,
                                         float(eps), process_group)
 

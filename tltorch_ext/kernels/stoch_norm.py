@@ -1,5 +1,6 @@
-"""StochNorm in Triton (docs/api_stochnorm.md): the same ``forward``/``backward`` as
-:mod:`tltorch_ext.reference.stoch_norm`, in four kernels per direction pair.
+"""StochNorm in Triton (docs/api_stochnorm.md): the same phases (``stats``, ``elemt``,
+``backward_reduce``, ``backward_elemt``) and fused ``forward``/``backward`` as
+:mod:`tltorch_ext.reference.stoch_norm`.
 
 x (N, C, *) is viewed as (N, C, S), S the product of the trailing sizes, and cut into tiles of
 BLOCK_R positions × BLOCK_C channels:
@@ -9,13 +10,15 @@ BLOCK_R positions × BLOCK_C channels:
   BLOCK_R consecutive rows r.
 
 The grid is (splits, channel blocks): each program walks ``tiles_per_split`` consecutive tiles of
-its channel block, so that a handful of channels still fills the GPU. Forward: per-lane Welford
-partials (count, mean, M2) reduced per program, a tiny combine kernel merging the splits (Chan's
-formula) and choosing batch or running statistics per channel, then one write pass
-y = (x − μ)·scale + β. Backward: per-program partial Σdy and Σdy·(x − μ), a combine kernel giving
-grad_weight, grad_bias and the per-channel coefficients of dx = k_dy·dy + k_xmu·(x − μ) + k_c,
-and one write pass. Statistics accumulate in float32; float64 inputs are computed in float64
-in-kernel (no downcast).
+its channel block, so that a handful of channels still fills the GPU. Statistics: per-lane Welford
+partials (count, mean, M2) reduced per program, then a tiny combine kernel merging the splits
+(Chan's formula); the fused forward's combine also chooses batch or running statistics per channel
+and the write pass's coefficients, so that it stays three launches. Write pass:
+y = (x − μ)·scale + β. Backward reduction: per-program partial Σdy and Σdy·(x − μ), merged per
+channel into Σdy and Σdy·x̂; backward write: per-channel coefficients of
+dx = k_dy·dy + k_xmu·(x − μ) + k_const from those sums and the count, then one write pass (the
+fused backward computes the coefficients in the reduction's combine: three launches, as forward).
+Statistics accumulate in float32; float64 inputs are computed in float64 in-kernel (no downcast).
 """
 from __future__ import annotations
 
@@ -186,10 +189,10 @@ def _stats_partials_kernel(x_ptr, partial_ptr, num_splits, extent, sample_stride
 def _stats_combine_kernel(partial_ptr, num_splits, C, weight_ptr, bias_ptr, running_mean_ptr,
                           running_var_ptr, mask_ptr, eps_hi, eps_lo, batch_mean_ptr,
                           batch_var_ptr, save_mean_ptr, save_invstd_ptr, scale_ptr, shift_ptr,
-                          HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          SELECT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """Merge the splits' moments, pick batch or running statistics per channel, and the
-    write pass's scale = γ·invstd and shift = β."""
+    """Merge the splits' moments into the batch mean and biased variance; with SELECT, also pick
+    batch or running statistics per channel and the write pass's scale = γ·invstd, shift = β."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     stride = num_splits * C
@@ -202,23 +205,24 @@ def _stats_combine_kernel(partial_ptr, num_splits, C, weight_ptr, bias_ptr, runn
                                       tl.load(p + stride, mask=cmask, other=0.0),
                                       tl.load(p + 2 * stride, mask=cmask, other=0.0))
     var = m2 / tl.maximum(count, 1.0)
-    batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
-    used_mean = tl.where(batch, mean, tl.load(running_mean_ptr + c, mask=cmask, other=0.0))
-    used_var = tl.where(batch, var, tl.load(running_var_ptr + c, mask=cmask, other=1.0))
-    # eps arrives as float32 hi + lo parts so that float64 keeps it exactly.
-    invstd = _reciprocal_sqrt(used_var + eps_hi + eps_lo, ACC)
-    scale = invstd
-    if HAS_WEIGHT:
-        scale = invstd * tl.load(weight_ptr + c, mask=cmask, other=1.0)
-    shift = tl.zeros([BLOCK_C], ACC)
-    if HAS_BIAS:
-        shift = tl.load(bias_ptr + c, mask=cmask, other=0.0)
     tl.store(batch_mean_ptr + c, mean, mask=cmask)
     tl.store(batch_var_ptr + c, var, mask=cmask)
-    tl.store(save_mean_ptr + c, used_mean, mask=cmask)
-    tl.store(save_invstd_ptr + c, invstd, mask=cmask)
-    tl.store(scale_ptr + c, scale, mask=cmask)
-    tl.store(shift_ptr + c, shift, mask=cmask)
+    if SELECT:
+        batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
+        used_mean = tl.where(batch, mean, tl.load(running_mean_ptr + c, mask=cmask, other=0.0))
+        used_var = tl.where(batch, var, tl.load(running_var_ptr + c, mask=cmask, other=1.0))
+        # eps arrives as float32 hi + lo parts so that float64 keeps it exactly.
+        invstd = _reciprocal_sqrt(used_var + eps_hi + eps_lo, ACC)
+        scale = invstd
+        if HAS_WEIGHT:
+            scale = invstd * tl.load(weight_ptr + c, mask=cmask, other=1.0)
+        shift = tl.zeros([BLOCK_C], ACC)
+        if HAS_BIAS:
+            shift = tl.load(bias_ptr + c, mask=cmask, other=0.0)
+        tl.store(save_mean_ptr + c, used_mean, mask=cmask)
+        tl.store(save_invstd_ptr + c, invstd, mask=cmask)
+        tl.store(scale_ptr + c, scale, mask=cmask)
+        tl.store(shift_ptr + c, shift, mask=cmask)
 
 
 @triton.jit
@@ -270,11 +274,28 @@ def _grad_partials_kernel(dy_ptr, x_ptr, mean_ptr, partial_ptr, num_splits, exte
 
 
 @triton.jit
-def _grad_combine_kernel(partial_ptr, num_splits, C, count, weight_ptr, mask_ptr, invstd_ptr,
-                         grad_weight_ptr, grad_bias_ptr, k_dy_ptr, k_xmu_ptr, k_const_ptr,
-                         HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    """grad_weight = Σdy·x̂, grad_bias = Σdy, and dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n)
-    as k_dy·dy + k_xmu·(x − μ) + k_const (s the mask, n the values per channel)."""
+def _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr, invstd, sum_dy, sum_dy_xhat,
+                             k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT: tl.constexpr):
+    """dx = γ·invstd·(dy − s·Σdy/n − x̂·s·Σdy·x̂/n) as k_dy·dy + k_xmu·(x − μ) + k_const (s the
+    mask, n the count of values the sums ran over)."""
+    gamma_invstd = invstd
+    if HAS_WEIGHT:
+        gamma_invstd = invstd * tl.load(weight_ptr + c, mask=cmask, other=0.0)
+    batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
+    per_value = tl.where(batch, gamma_invstd / count, 0.0)
+    tl.store(k_dy_ptr + c, gamma_invstd, mask=cmask)
+    tl.store(k_xmu_ptr + c, -per_value * invstd * sum_dy_xhat, mask=cmask)
+    tl.store(k_const_ptr + c, -per_value * sum_dy, mask=cmask)
+
+
+@triton.jit
+def _grad_sums_kernel(partial_ptr, num_splits, C, invstd_ptr, sum_dy_ptr, sum_dy_xhat_ptr,
+                      count, weight_ptr, mask_ptr, k_dy_ptr, k_xmu_ptr, k_const_ptr,
+                      COEFFICIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                      BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Σdy and Σdy·x̂ = invstd·Σdy·(x − μ) per channel, from the splits' partials; with
+    COEFFICIENTS (the fused backward, whose sums are over x's own count values) also the write
+    pass's coefficients."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     sum_dy = tl.zeros([BLOCK_C], ACC)
@@ -285,16 +306,25 @@ def _grad_combine_kernel(partial_ptr, num_splits, C, count, weight_ptr, mask_ptr
         sum_dy_xmu += tl.load(p + num_splits * C, mask=cmask, other=0.0)
     invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0)
     sum_dy_xhat = sum_dy_xmu * invstd
-    gamma_invstd = invstd
-    if HAS_WEIGHT:
-        gamma_invstd = invstd * tl.load(weight_ptr + c, mask=cmask, other=0.0)
-    batch = tl.load(mask_ptr + c, mask=cmask, other=0) != 0
-    per_value = tl.where(batch, gamma_invstd / count, 0.0)
-    tl.store(grad_weight_ptr + c, sum_dy_xhat, mask=cmask)
-    tl.store(grad_bias_ptr + c, sum_dy, mask=cmask)
-    tl.store(k_dy_ptr + c, gamma_invstd, mask=cmask)
-    tl.store(k_xmu_ptr + c, -per_value * invstd * sum_dy_xhat, mask=cmask)
-    tl.store(k_const_ptr + c, -per_value * sum_dy, mask=cmask)
+    tl.store(sum_dy_ptr + c, sum_dy, mask=cmask)
+    tl.store(sum_dy_xhat_ptr + c, sum_dy_xhat, mask=cmask)
+    if COEFFICIENTS:
+        _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr, invstd, sum_dy,
+                                 sum_dy_xhat, k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT)
+
+
+@triton.jit
+def _grad_coefficients_kernel(sum_dy_ptr, sum_dy_xhat_ptr, C, count, weight_ptr, mask_ptr,
+                              invstd_ptr, k_dy_ptr, k_xmu_ptr, k_const_ptr,
+                              HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The write pass's coefficients from given sums and count (backward_elemt)."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    _store_grad_coefficients(c, cmask, count, weight_ptr, mask_ptr,
+                             tl.load(invstd_ptr + c, mask=cmask, other=0.0),
+                             tl.load(sum_dy_ptr + c, mask=cmask, other=0.0),
+                             tl.load(sum_dy_xhat_ptr + c, mask=cmask, other=0.0),
+                             k_dy_ptr, k_xmu_ptr, k_const_ptr, HAS_WEIGHT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,30 +339,121 @@ def _write(tiling: _Tiling, x, dy, out, mean, k_xmu, k_const, k_dy, acc_tl) -> N
         HAS_DY=dy is not None, ACC=acc_tl, num_warps=_NUM_WARPS, **tiling.args(per_split))
 
 
+def _moments(x, tiling: _Tiling, acc, acc_tl):
+    """The statistics pass: (count, mean, M2) partials of shape (3, splits, C)."""
+    splits, per_split = tiling.split(_reduce_programs(x.device))
+    partials = torch.empty((3, splits, tiling.channels), dtype=acc, device=x.device)
+    _stats_partials_kernel[(splits, tiling.channel_blocks)](
+        x, partials, splits, ACC=acc_tl, num_warps=_NUM_WARPS, **tiling.args(per_split))
+    return partials
+
+
+def _channel_vector(t, acc):
+    return t.to(acc).contiguous()
+
+
+def stats(x):
+    """(mean, var), as the reference's ``stats``."""
+    x = x.contiguous(memory_format=memory_format_of(x))
+    acc, acc_tl = _acc(x.dtype)
+    tiling = _Tiling.of(x)
+    partials = _moments(x, tiling, acc, acc_tl)
+    # Separate tensors: outputs of a custom op must not alias one another.
+    mean, var = (torch.empty(tiling.channels, dtype=acc, device=x.device) for _ in range(2))
+    _stats_combine_kernel[(triton.cdiv(tiling.channels, _COMBINE_BLOCK),)](
+        partials, partials.shape[1], tiling.channels, mean, mean, mean, mean, mean, 0.0, 0.0,
+        mean, var, mean, mean, mean, mean,
+        SELECT=False, HAS_WEIGHT=False, HAS_BIAS=False, BLOCK_C=_COMBINE_BLOCK, ACC=acc_tl)
+    return mean, var
+
+
+def elemt(x, weight, bias, save_mean, save_invstd):
+    """y, as the reference's ``elemt``."""
+    x = x.contiguous(memory_format=memory_format_of(x))
+    acc, acc_tl = _acc(x.dtype)
+    save_invstd = _channel_vector(save_invstd, acc)
+    scale = save_invstd if weight is None else save_invstd * weight.to(acc)
+    shift = torch.zeros_like(scale) if bias is None else _channel_vector(bias, acc)
+    y = torch.empty_like(x)
+    _write(_Tiling.of(x), x, None, y, _channel_vector(save_mean, acc), scale.contiguous(), shift,
+           None, acc_tl)
+    return y
+
+
+def _grad_sums(grad_y, x, weight, mask, save_mean, save_invstd, coefficients: bool):
+    """The backward reduction: (Σdy, Σdy·x̂) and, when ``coefficients``, the write pass's
+    (k_dy, k_xmu, k_const) for x's own count, from the same combine launch."""
+    acc, acc_tl = _acc(x.dtype)
+    tiling = _Tiling.of(x)
+    C = tiling.channels
+    save_mean, save_invstd = _channel_vector(save_mean, acc), _channel_vector(save_invstd, acc)
+    splits, per_split = tiling.split(_reduce_programs(x.device))
+    partials = torch.empty((2, splits, C), dtype=acc, device=x.device)
+    _grad_partials_kernel[(splits, tiling.channel_blocks)](
+        grad_y, x, save_mean, partials, splits, ACC=acc_tl, num_warps=_NUM_WARPS,
+        **tiling.args(per_split))
+    # Separate tensors: outputs of a custom op must not alias one another.
+    sum_dy, sum_dy_xhat = (torch.empty(C, dtype=acc, device=x.device) for _ in range(2))
+    k = torch.empty((3, C), dtype=acc, device=x.device).unbind(0) if coefficients else None
+    # Without COEFFICIENTS the kernel reads no mask and writes no coefficients: any pointer will do.
+    _grad_sums_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
+        partials, splits, C, save_invstd, sum_dy, sum_dy_xhat, x.numel() // C,
+        save_invstd if weight is None else _channel_vector(weight, acc),
+        mask.contiguous().view(torch.uint8) if coefficients else sum_dy,
+        *(k if coefficients else (sum_dy,) * 3),
+        COEFFICIENTS=coefficients, HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK,
+        ACC=acc_tl)
+    return sum_dy, sum_dy_xhat, k
+
+
+def backward_reduce(grad_y, x, save_mean, save_invstd):
+    """(Σdy, Σdy·x̂), as the reference's ``backward_reduce``."""
+    fmt = memory_format_of(x)
+    x, grad_y = x.contiguous(memory_format=fmt), grad_y.contiguous(memory_format=fmt)
+    sum_dy, sum_dy_xhat, _ = _grad_sums(grad_y, x, None, None, save_mean, save_invstd, False)
+    return sum_dy, sum_dy_xhat
+
+
+def backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_dy_xhat, count):
+    """dx, as the reference's ``backward_elemt``."""
+    fmt = memory_format_of(x)
+    x, grad_y = x.contiguous(memory_format=fmt), grad_y.contiguous(memory_format=fmt)
+    acc, acc_tl = _acc(x.dtype)
+    C = x.shape[1]
+    save_invstd = _channel_vector(save_invstd, acc)
+    k_dy, k_xmu, k_const = torch.empty((3, C), dtype=acc, device=x.device).unbind(0)
+    _grad_coefficients_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
+        _channel_vector(sum_dy, acc), _channel_vector(sum_dy_xhat, acc), C, count,
+        save_invstd if weight is None else _channel_vector(weight, acc),
+        mask.contiguous().view(torch.uint8), save_invstd, k_dy, k_xmu, k_const,
+        HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK)
+    grad_x = torch.empty_like(x)
+    _write(_Tiling.of(x), x, grad_y, grad_x, _channel_vector(save_mean, acc), k_xmu, k_const,
+           k_dy, acc_tl)
+    return grad_x
+
+
 def forward(x, weight, bias, running_mean, running_var, mask, eps):
-    """(y, save_mean, save_invstd, batch_mean, batch_var), as the reference's ``forward``."""
+    """(y, save_mean, save_invstd, batch_mean, batch_var), as the reference's ``forward``: the
+    statistics pass, one combine that also selects per channel, the ``elemt`` write pass."""
     x = x.contiguous(memory_format=memory_format_of(x))
     acc, acc_tl = _acc(x.dtype)
     tiling = _Tiling.of(x)
     C = tiling.channels
-    splits, per_split = tiling.split(_reduce_programs(x.device))
-    partials = torch.empty((3, splits, C), dtype=acc, device=x.device)
-    _stats_partials_kernel[(splits, tiling.channel_blocks)](
-        x, partials, splits, ACC=acc_tl, num_warps=_NUM_WARPS, **tiling.args(per_split))
-
+    partials = _moments(x, tiling, acc, acc_tl)
     batch_mean, batch_var, save_mean, save_invstd = (
         torch.empty(C, dtype=acc, device=x.device) for _ in range(4))
     scale, shift = torch.empty((2, C), dtype=acc, device=x.device).unbind(0)
     eps_hi = float(torch.tensor(eps, dtype=torch.float32))
     _stats_combine_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
-        partials, splits, C,
-        scale if weight is None else weight.to(acc).contiguous(),
-        scale if bias is None else bias.to(acc).contiguous(),
-        running_mean.to(acc).contiguous(), running_var.to(acc).contiguous(),
+        partials, partials.shape[1], C,
+        scale if weight is None else _channel_vector(weight, acc),
+        scale if bias is None else _channel_vector(bias, acc),
+        _channel_vector(running_mean, acc), _channel_vector(running_var, acc),
         mask.contiguous().view(torch.uint8), eps_hi, float(eps) - eps_hi,
         batch_mean, batch_var, save_mean, save_invstd, scale, shift,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=_COMBINE_BLOCK,
-        ACC=acc_tl,
+        SELECT=True, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        BLOCK_C=_COMBINE_BLOCK, ACC=acc_tl,
     )
     y = torch.empty_like(x)
     _write(tiling, x, None, y, save_mean, scale, shift, None, acc_tl)
@@ -340,30 +461,16 @@ def forward(x, weight, bias, running_mean, running_var, mask, eps):
 
 
 def backward(grad_y, x, weight, mask, save_mean, save_invstd):
-    """(grad_x, grad_weight, grad_bias), as the reference's ``backward``."""
+    """(grad_x, grad_weight, grad_bias), as the reference's ``backward``: ``backward_reduce``,
+    whose combine also computes ``backward_elemt``'s coefficients for x's own count, then the
+    ``backward_elemt`` write pass (three launches)."""
     fmt = memory_format_of(x)
-    x = x.contiguous(memory_format=fmt)
-    grad_y = grad_y.contiguous(memory_format=fmt)
+    x, grad_y = x.contiguous(memory_format=fmt), grad_y.contiguous(memory_format=fmt)
     acc, acc_tl = _acc(x.dtype)
-    tiling = _Tiling.of(x)
-    C = tiling.channels
-    save_mean, save_invstd = save_mean.to(acc).contiguous(), save_invstd.to(acc).contiguous()
-    splits, per_split = tiling.split(_reduce_programs(x.device))
-    partials = torch.empty((2, splits, C), dtype=acc, device=x.device)
-    _grad_partials_kernel[(splits, tiling.channel_blocks)](
-        grad_y, x, save_mean, partials, splits, ACC=acc_tl, num_warps=_NUM_WARPS,
-        **tiling.args(per_split))
-
-    grad_weight, grad_bias = (torch.empty(C, dtype=acc, device=x.device) for _ in range(2))
-    k_dy, k_xmu, k_const = torch.empty((3, C), dtype=acc, device=x.device).unbind(0)
-    _grad_combine_kernel[(triton.cdiv(C, _COMBINE_BLOCK),)](
-        partials, splits, C, x.numel() // C,
-        save_invstd if weight is None else weight.to(acc).contiguous(),
-        mask.contiguous().view(torch.uint8), save_invstd,
-        grad_weight, grad_bias, k_dy, k_xmu, k_const,
-        HAS_WEIGHT=weight is not None, BLOCK_C=_COMBINE_BLOCK, ACC=acc_tl,
-    )
+    sum_dy, sum_dy_xhat, (k_dy, k_xmu, k_const) = _grad_sums(grad_y, x, weight, mask, save_mean,
+                                                             save_invstd, True)
     grad_x = torch.empty_like(x)
-    _write(tiling, x, grad_y, grad_x, save_mean, k_xmu, k_const, k_dy, acc_tl)
+    _write(_Tiling.of(x), x, grad_y, grad_x, _channel_vector(save_mean, acc), k_xmu, k_const,
+           k_dy, acc_tl)
     param_dtype = acc if weight is None else weight.dtype
-    return grad_x, grad_weight.to(param_dtype), grad_bias.to(param_dtype)
+    return grad_x, sum_dy_xhat.to(param_dtype), sum_dy.to(param_dtype)

@@ -2,6 +2,15 @@
 from .bss import bss_penalty
 from .fsp import fsp_loss, fsp_matrix
 from .nst import nst_loss
-from .stoch_norm import stoch_norm, update_running_stats
+from .stoch_norm import (
+    stoch_norm,
+    stoch_norm_backward_elemt,
+    stoch_norm_backward_reduce,
+    stoch_norm_elemt,
+    stoch_norm_stats,
+    update_running_stats,
+)
 
-__all__ = ["bss_penalty", "fsp_loss", "fsp_matrix", "nst_loss", "stoch_norm", "update_running_stats"]
+__all__ = ["bss_penalty", "fsp_loss", "fsp_matrix", "nst_loss", "stoch_norm",
+           "stoch_norm_backward_elemt", "stoch_norm_backward_reduce", "stoch_norm_elemt",
+           "stoch_norm_stats", "update_running_stats"]

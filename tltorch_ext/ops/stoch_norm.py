@@ -7,6 +7,13 @@
 - ``tltorch_ext::stoch_norm_backward``: (grad_x, grad_weight, grad_bias).
 - ``tltorch_ext::stoch_norm_update_running_stats_``: mutates the running-statistics buffers.
   torch.library refuses autograd formulas on mutating ops, so the buffer update is an op of its own.
+- The phases, for callers that combine statistics across processes between them (SyncStochNorm):
+  ``stoch_norm_stats`` (x → batch mean, biased variance), ``stoch_norm_elemt`` (normalize with
+  given statistics), ``stoch_norm_backward_reduce`` (Σdy, Σdy·x̂) and ``stoch_norm_backward_elemt``
+  (dx from those sums and their count). They carry no autograd formula: they are the pieces an
+  autograd.Function composes. Each backend's fused forward is its stats, selection and elemt in
+  one call, and its fused backward its backward_reduce and backward_elemt, so that one process
+  pays no extra dispatch.
 """
 from __future__ import annotations
 
@@ -107,6 +114,133 @@ def _(running_mean, running_var, batch_mean, batch_var, count, factor):
     return None
 
 
+@torch.library.custom_op("tltorch_ext::stoch_norm_stats", mutates_args=())
+def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    return implementation(OP, "stats", x.device)(x)
+
+
+@_stats.register_fake
+def _(x):
+    stats = x.new_empty(x.shape[1], dtype=stat_dtype(x.dtype))
+    return stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("tltorch_ext::stoch_norm_elemt", mutates_args=())
+def _elemt(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], save_mean: Tensor,
+           save_invstd: Tensor) -> Tensor:
+    return implementation(OP, "elemt", x.device)(x, weight, bias, save_mean, save_invstd)
+
+
+@_elemt.register_fake
+def _(x, weight, bias, save_mean, save_invstd):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("tltorch_ext::stoch_norm_backward_reduce", mutates_args=())
+def _backward_reduce(grad_y: Tensor, x: Tensor, save_mean: Tensor, save_invstd: Tensor,
+                     backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    fn = implementation(OP, "backward_reduce", x.device, backend)
+    return fn(grad_y.contiguous(memory_format=memory_format_of(x)), x, save_mean, save_invstd)
+
+
+@_backward_reduce.register_fake
+def _(grad_y, x, save_mean, save_invstd, backend=None):
+    return torch.empty_like(save_mean), torch.empty_like(save_mean)
+
+
+@torch.library.custom_op("tltorch_ext::stoch_norm_backward_elemt", mutates_args=())
+def _backward_elemt(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], mask: Tensor,
+                    save_mean: Tensor, save_invstd: Tensor, sum_dy: Tensor, sum_dy_xhat: Tensor,
+                    count: int, backend: Optional[str] = None) -> Tensor:
+    fn = implementation(OP, "backward_elemt", x.device, backend)
+    return fn(grad_y.contiguous(memory_format=memory_format_of(x)), x, weight, mask, save_mean,
+              save_invstd, sum_dy, sum_dy_xhat, count)
+
+
+@_backward_elemt.register_fake
+def _(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_dy_xhat, count, backend=None):
+    return torch.empty_like(x)
+
+
+def _check_x(x: Tensor) -> int:
+    """x is a floating (N, C, *) tensor with at least one value per channel; returns C."""
+    check_floating("x", x)
+    if x.dim() < 2:
+        raise ValueError(
+            f"x must be (N, C, *) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"x must have at least one value per channel, got shape {tuple(x.shape)}")
+    return x.shape[1]
+
+
+def _check_channel_args(x: Tensor, **tensors: Optional[Tensor]) -> None:
+    channels = x.shape[1]
+    for name, t in tensors.items():
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},) to match x's channels, "
+                             f"got {tuple(t.shape)}")
+    check_same_device("x", x, **tensors)
+
+
+def _check_mask(mask: Tensor) -> None:
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+
+
+def _check_like_x(name: str, t: Tensor, x: Tensor) -> Tensor:
+    if t.shape != x.shape or t.dtype != x.dtype:
+        raise ValueError(f"{name} must match x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                         f"got {tuple(t.shape)} {t.dtype}")
+    check_same_device("x", x, **{name: t})
+    return t.contiguous(memory_format=memory_format_of(x))
+
+
+def stoch_norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, var): x's per-channel batch mean and biased variance over every dimension but 1, in
+    float32 (float64 for float64 x). Not differentiable."""
+    _check_x(x)
+    return _stats(x.contiguous(memory_format=memory_format_of(x)))
+
+
+def stoch_norm_elemt(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                     save_mean: Tensor, save_invstd: Tensor) -> Tensor:
+    """y = γ·(x − save_mean)·save_invstd + β per channel, in x's dtype and memory format (γ = 1,
+    β = 0 where None). Not differentiable: :func:`stoch_norm` is the differentiable form."""
+    _check_x(x)
+    _check_channel_args(x, weight=weight, bias=bias, save_mean=save_mean, save_invstd=save_invstd)
+    return _elemt(x.contiguous(memory_format=memory_format_of(x)), weight, bias, save_mean,
+                  save_invstd)
+
+
+def stoch_norm_backward_reduce(grad_y: Tensor, x: Tensor, save_mean: Tensor,
+                               save_invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """(Σdy, Σdy·x̂) per channel over x's values, x̂ = (x − save_mean)·save_invstd, in the
+    statistics' dtype: what the input gradient needs summed over every value normalized
+    together (and γ's and β's gradients over these values)."""
+    _check_x(x)
+    _check_channel_args(x, save_mean=save_mean, save_invstd=save_invstd)
+    grad_y = _check_like_x("grad_y", grad_y, x)
+    return _backward_reduce(grad_y, x.contiguous(memory_format=memory_format_of(x)), save_mean,
+                            save_invstd)
+
+
+def stoch_norm_backward_elemt(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], mask: Tensor,
+                              save_mean: Tensor, save_invstd: Tensor, sum_dy: Tensor,
+                              sum_dy_xhat: Tensor, count: int) -> Tensor:
+    """dx = γ·invstd·(dy − s·Σdy/count − x̂·s·Σdy·x̂/count) per channel, s the mask: BatchNorm's
+    gradient where s = 1, γ·invstd·dy where s = 0. sum_dy, sum_dy_xhat and count are over every
+    value the statistics came from (the process group's, when they were all-reduced)."""
+    _check_x(x)
+    _check_channel_args(x, weight=weight, mask=mask, save_mean=save_mean,
+                        save_invstd=save_invstd, sum_dy=sum_dy, sum_dy_xhat=sum_dy_xhat)
+    _check_mask(mask)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int (values per channel), got {count!r}")
+    grad_y = _check_like_x("grad_y", grad_y, x)
+    return _backward_elemt(grad_y, x.contiguous(memory_format=memory_format_of(x)), weight, mask,
+                           save_mean, save_invstd, sum_dy, sum_dy_xhat, count)
+
+
 def stoch_norm(
     x: Tensor,
     weight: Optional[Tensor],
@@ -131,14 +265,9 @@ def stoch_norm(
             "StochNorm needs more than one value per channel in training "
             f"(N·spatial > 1), got input shape {tuple(x.shape)}"
         )
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var), ("mask", mask)):
-        if t is not None and t.shape != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},) to match x's channels, got {tuple(t.shape)}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
-    check_same_device("x", x, weight=weight, bias=bias, running_mean=running_mean,
-                      running_var=running_var, mask=mask)
+    _check_channel_args(x, weight=weight, bias=bias, running_mean=running_mean,
+                        running_var=running_var, mask=mask)
+    _check_mask(mask)
     x = x.contiguous(memory_format=memory_format_of(x))
     return _forward(x, weight, bias, running_mean, running_var, mask, float(eps))
 
