@@ -8,6 +8,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tltorch_ext
 from op_testing import CPU_BACKENDS, CUDA_BACKENDS, rel_err, tolerances
@@ -169,6 +171,38 @@ def test_inputs_flatten_and_fixed_sigmas(backend):
               estimate="unbiased")
     torch.testing.assert_close(got, oracle([z_s], [z_t], [((), (1.5, 4.0))], "unbiased"),
                                rtol=1e-12, atol=0)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(backend=st.sampled_from(BACKENDS), dtype=st.sampled_from([torch.float64, torch.float32,
+                                                                 torch.bfloat16]),
+       estimate=st.sampled_from(ESTIMATES), batch=st.integers(2, 12), dim=st.integers(1, 20),
+       layers=st.integers(1, 3), strided=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_cases_agree_with_the_float64_reference(backend, dtype, estimate, batch, dim,
+                                                       layers, strided, seed):
+    # Sizes, layer counts, layouts (strided views are copied by the op) and dtypes drawn at
+    # random; the float64 side is the reference on the same (rounded) values. The estimates can
+    # be near 0, so the value is compared against the kernel scale Π_l (kernel count) instead.
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(batch, dim + 3 * l) for l in range(layers)]
+    raw = [torch.randn(2, *shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    leaves = [(x[0], x[1] + 0.4) for x in raw]
+    kernels = [GaussianKernels(DAN[: 1 + l * 2], (1.5,) if l else ()) for l in range(layers)]
+    scale = math.prod(k.count for k in kernels)
+    results = []
+    for name, as_type in ((backend, dtype), ("reference", torch.float64)):
+        inputs = [z.to(dtype).to(as_type) for pair in leaves for z in pair]
+        if strided:
+            inputs = [torch.cat([z, z], 1)[:, ::2] for z in inputs]
+        inputs = [z.detach().requires_grad_() for z in inputs]
+        with tltorch_ext.set_backend(name):
+            value = joint_mk_mmd(inputs[::2], inputs[1::2], kernels, estimate=estimate)
+        results.append((value, torch.cat([g.flatten() for g in grads_of(value, *inputs)])))
+    (got, grad), (want, want_grad) = results
+    bound = tolerances(float32=1e-5, bfloat16=1e-2, float16=2e-3)[dtype]
+    assert abs(got.double() - want).item() <= bound * scale
+    assert (grad.double() - want_grad).norm() <= 4 * bound * max(want_grad.norm(), 1e-3 * scale)
 
 
 # ---- TLlib's constant and the guarantee ------------------------------------------------------

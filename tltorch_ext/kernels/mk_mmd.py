@@ -9,8 +9,8 @@ Gram trick d = q_i + q_j − 2 zc_i·zc_j accurate under a common offset. Then:
   the weights, reduced to one number (doubled off the diagonal);
 - quadratic backward: one program per (row block I, layer l): for every column block J it
   recomputes the kernels, forms A = (W + Wᵀ) ∘ ∂K/∂d^l for the tile and adds −A·zc_J into the
-  gradient rows of block I, which only this program writes; at the end grad = 2g(rowsum(A)·zc_I
-  + that sum);
+  gradient rows of block I, which only this program writes; at the end
+  grad = 2g(rowsum(A)·zc_I − Σ_J A·zc_J);
 - linear: the 4B pairs (s_i, s_i'), (t_i, t_i'), (s_i, t_i'), (s_i', t_i) from direct distances;
   backward gives each row its four partners' terms.
 Nothing of size n² is stored. Accumulation float32 with IEEE products (float64 for float64).
