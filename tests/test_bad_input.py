@@ -118,6 +118,37 @@ BAD_INPUT = {
         (lambda: mdd_call(y_t=torch.ones(2, 4)), ValueError, "y_t and y_t_adv"),
         (lambda: mdd_call(y_s=torch.ones(2, 3, dtype=LONG)), TypeError, "y_s must be float16"),
     ],
+    "mk_mmd": [
+        (lambda: tl.mk_mmd(torch.ones(4, 3), torch.ones(5, 3)), ValueError, "same shape"),
+        (lambda: tl.mk_mmd(E(1, 3), E(1, 3)), ValueError, "B >= 2"),
+        (lambda: tl.mk_mmd(torch.ones(2, 3, dtype=LONG), torch.ones(2, 3)), TypeError,
+         "source must be float16"),
+        (lambda: tl.mk_mmd(torch.ones(2, 3), torch.ones(2, 3), estimate="tllib"), ValueError,
+         "estimate"),
+    ],
+    "joint_mk_mmd": [
+        (lambda: tl.joint_mk_mmd([torch.ones(2, 3)], []), ValueError, "as many layers"),
+        (lambda: tl.joint_mk_mmd([torch.ones(2, 3)], [torch.ones(2, 3)]), ValueError,
+         "one GaussianKernels per layer"),
+        (lambda: tl.joint_mk_mmd(torch.ones(2, 3), torch.ones(2, 3)), TypeError, "sequences"),
+    ],
+    "GaussianKernels": [
+        (lambda: tl.GaussianKernels(), ValueError, "at least one kernel"),
+        (lambda: tl.GaussianKernels(alphas=(math.inf,)), ValueError, "alphas"),
+        (lambda: tl.GaussianKernels(sigmas=1.0), TypeError, "sigmas"),
+    ],
+    "MultipleKernelMMD": [
+        (lambda: tl.MultipleKernelMMD(alphas=(-1.0,)), ValueError, "alphas"),
+        (lambda: tl.MultipleKernelMMD(estimate="quadratic"), ValueError, "estimate"),
+        (lambda: tl.MultipleKernelMMD()(torch.ones(3, 2), torch.ones(2, 2)), ValueError,
+         "same shape"),
+    ],
+    "JointMultipleKernelMMD": [
+        (lambda: tl.JointMultipleKernelMMD(kernels=[(0.92,)]), TypeError, "kernels"),
+        (lambda: tl.JointMultipleKernelMMD(tllib_offset="yes"), TypeError, "tllib_offset"),
+        (lambda: tl.JointMultipleKernelMMD()([torch.ones(2, 3)], [torch.ones(2, 3)]),
+         ValueError, "one GaussianKernels per layer"),
+    ],
     "StepwiseAdaptiveFeatureNorm": [
         (lambda: tl.StepwiseAdaptiveFeatureNorm(delta=math.nan), ValueError, "delta"),
         (lambda: tl.StepwiseAdaptiveFeatureNorm()(E(0, 4)), ValueError, "f must hold"),
