@@ -16,6 +16,8 @@ DANN_WEIGHT = 1.0  # with the warm-start gradient reversal of Ganin et al. over 
 CONSISTENCY_WEIGHT = 3.0  # self-ensembling (French et al., 2018)
 CONFIDENCE_THRESHOLD = 0.9
 EMA_ALPHA = 0.99
+MCC_WEIGHT = 1.0  # minimum class confusion (Jin et al., 2020)
+MCC_TEMPERATURE = 2.5
 # Source pre-training: SGD over every source sample; part of the cache key.
 PRETRAIN_RECIPE = {
     "optimizer": "SGD", "schedule": "one-cycle", "lr": 0.1, "momentum": 0.9, "nesterov": True,
