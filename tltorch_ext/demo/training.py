@@ -103,17 +103,24 @@ class _Runner:
         args, data = context.args, context.data
         self.args, self.splits, self.progress = args, context.splits, progress
         self.device = device = torch.device(args.device)
-        self.sources = {name: model.to(device).eval().requires_grad_(False)
+        # On CPU, oneDNN's convolutions take about a third less time on channels-last images
+        # and weights than on contiguous ones (every copy of a source model inherits it).
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
+        self.sources = {name: self._placed(model).eval().requires_grad_(False)
                         for name, model in context.sources.items()}
-        self.target_x, self.target_y = data.target_x.to(device), data.target_y.to(device)
-        self.shared = ((source_images(data, None).to(device), data.source_y.to(device))
+        self.target_x, self.target_y = self._placed(data.target_x), data.target_y.to(device)
+        self.shared = ((self._placed(source_images(data, None)), data.source_y.to(device))
                        if data.shared_classes else (None, None))
         self.in_channels, self.num_classes = data.target_x.shape[1], len(data.target_names)
         # The first optimizer built imports torch._dynamo (about a second): no method's cost.
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
+    def _placed(self, x):
+        """A module or a batch of images on the device, in the runs' memory format."""
+        return x.to(self.device, memory_format=self.memory_format)
+
     def _fresh(self) -> Classifier:
-        return build_model(self.args, self.in_channels, self.num_classes).to(self.device)
+        return self._placed(build_model(self.args, self.in_channels, self.num_classes))
 
     def __call__(self, job: Job) -> dict:
         split = {name: indices.to(self.device) for name, indices in
