@@ -103,8 +103,9 @@ class _Runner:
         args, data = context.args, context.data
         self.args, self.splits, self.progress = args, context.splits, progress
         self.device = device = torch.device(args.device)
-        # On CPU, oneDNN's convolutions take about a third less time on channels-last images
-        # and weights than on contiguous ones (every copy of a source model inherits it).
+        # On CPU, oneDNN's convolutions take a sixth to a third less time per step on
+        # channels-last images and weights than on contiguous ones (docs/api_demo.md, "Run
+        # time"); every copy of a source model inherits the format.
         self.memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
         self.sources = {name: self._placed(model).eval().requires_grad_(False)
                         for name, model in context.sources.items()}
