@@ -64,7 +64,8 @@ def test_worker_processes_give_the_serial_runs_results(tmp_path):
     assert status == 0
     status, parallel = _run(tmp_path, *options, "--workers", "2", out="parallel")
     assert status == 0
-    serial, parallel = (json.loads((out / "results.json").read_text()) for out in (serial, parallel))
+    serial, parallel = (json.loads((out / "results.json").read_text())
+                        for out in (serial, parallel))
     assert (serial["workers"], parallel["workers"]) == (1, 2)
 
     def accuracies(meta):

@@ -114,3 +114,20 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, options, mes
     err = capsys.readouterr().err
     assert status == 2 and message in err
     assert err.count("\n") == 1 and err.startswith("tltorch-ext rank: error: ")
+
+
+def test_worker_processes_pre_train_and_fine_tune_as_one_process_does(tmp_path):
+    """The missing candidates pre-trained and the runs fine-tuned in two spawned workers give the
+    scores and accuracies of one process, digit for digit."""
+    outcomes = []
+    for workers in ("1", "2"):
+        argv = ["rank", "--out", str(tmp_path / workers), "--cache-dir",
+                str(tmp_path / f"cache{workers}"), *FAST, "--seeds", "0", "1", "--candidates",
+                "clean", "digits0-4", "--workers", workers]
+        assert cli.main(argv) == 0
+        meta = json.loads((tmp_path / workers / "results.json").read_text())
+        assert meta["workers"] == int(workers)
+        outcomes.append([(row["scores"], [(run["val_accuracy"], run["test_accuracy"])
+                                          for run in row["runs"]]) for row in meta["candidates"]])
+        assert len(list((tmp_path / f"cache{workers}").glob("source-*.pt"))) == 2
+    assert outcomes[0] == outcomes[1]

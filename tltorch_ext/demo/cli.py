@@ -15,7 +15,7 @@ from .._backend import available_backends
 from ._common import DemoError
 from .data import load_data, source_images, target_split
 from .methods import METHODS, NEEDS_SHARED_CLASSES
-from .model import RESNETS, build_model, pretrain_source
+from .model import RESNETS, pretrain_source
 from .output import format_table, write_outputs
 from .training import Job, RunContext, accuracy, run_jobs, summarize
 
