@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 from tltorch_ext import cli, demo
 
-FAST = ["--steps", "20", "--epochs", "2", "--seeds", "0", "--quiet"]
+FAST = ["--steps", "20", "--epochs", "2", "--seeds", "0", "--workers", "1", "--quiet"]
 
 
 def _run(tmp_path, *extra, out="out"):
@@ -23,7 +23,7 @@ def _results(out):
 
 def test_digits_learning_curve_writes_table_json_csv_png_and_caches_the_source_model(tmp_path,
                                                                                   capsys):
-    methods = ["finetune", "l2sp", "dann", "self_ensemble", "scratch"]
+    methods = ["finetune", "l2sp", "dann", "self_ensemble", "mcc", "scratch"]
     status, out = _run(tmp_path, "--shots", "3", "1", "--methods", *methods)
     assert status == 0
     table = capsys.readouterr().out
@@ -53,6 +53,28 @@ def test_digits_learning_curve_writes_table_json_csv_png_and_caches_the_source_m
     assert status == 0 and list((tmp_path / "cache").glob("source-*.pt")) == cached
     again = json.loads((again / "results.json").read_text())["results"][0]
     assert again["accuracy_mean"] == results["finetune", 1]["accuracy_mean"]
+
+
+def test_worker_processes_give_the_serial_runs_results(tmp_path):
+    """Each run seeds its own random numbers: two worker processes give every run's accuracies
+    exactly, whatever order the runs finish in."""
+    options = ["--shots", "1", "--seeds", "0", "1", "--steps", "6", "--methods", "finetune",
+               "stochnorm", "mcc", "scratch"]
+    status, serial = _run(tmp_path, *options, out="serial")
+    assert status == 0
+    status, parallel = _run(tmp_path, *options, "--workers", "2", out="parallel")
+    assert status == 0
+    serial, parallel = (json.loads((out / "results.json").read_text())
+                        for out in (serial, parallel))
+    assert (serial["workers"], parallel["workers"]) == (1, 2)
+
+    def accuracies(meta):
+        return {(r["method"], r["shots"], run["seed"]): (run["val_accuracy"], run["test_accuracy"])
+                for r in meta["results"] for run in r["runs"]}
+
+    assert len(accuracies(serial)) == 4 * 2
+    assert accuracies(parallel) == accuracies(serial)
+    assert len(set(accuracies(serial).values())) > 4  # the runs differ: not one constant
 
 
 def test_digits_task_is_deterministic_and_keeps_target_images_out_of_the_source():

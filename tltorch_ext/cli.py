@@ -1,4 +1,5 @@
-"""``tltorch-ext demo`` (the transfer-learning comparison) and ``tltorch-ext bench``."""
+"""``tltorch-ext demo`` (the transfer-learning comparison), ``tltorch-ext rank`` (transferability
+scores against fine-tuned accuracy) and ``tltorch-ext bench``."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,12 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _rank(args) -> int:
+    from .demo.rank import run_rank  # noqa: PLC0415
+
+    return run_rank(args)
+
+
 def build_parser(demo_options: bool = True) -> argparse.ArgumentParser:
     """The tltorch-ext parser; without ``demo_options`` the demo package is not imported (the
     bench command leaves it out)."""
@@ -66,6 +73,14 @@ def build_parser(demo_options: bool = True) -> argparse.ArgumentParser:
 
         add_arguments(demo)
     demo.set_defaults(func=_demo)
+
+    rank = sub.add_parser("rank", help="transferability scores rank candidate source models, "
+                          "beside their fine-tuned accuracy (Kendall's tau)")
+    if demo_options:
+        from .demo.rank import add_rank_arguments  # noqa: PLC0415
+
+        add_rank_arguments(rank)
+    rank.set_defaults(func=_rank)
     return parser
 
 

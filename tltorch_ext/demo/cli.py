@@ -1,22 +1,23 @@
-"""CLI: the demo's options (add_arguments) and the comparison itself (run_demo)."""
+"""CLI: the demo's options (add_arguments; add_training_arguments, shared with ``rank``) and the
+comparison itself (run_demo)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .._backend import available_backends
 from ._common import DemoError
 from .data import load_data, source_images, target_split
-from .methods import METHODS, NEEDS_SHARED_CLASSES, TargetTask
-from .model import RESNETS, build_model, pretrain_source
+from .methods import METHODS, NEEDS_SHARED_CLASSES
+from .model import RESNETS, pretrain_source
 from .output import format_table, write_outputs
-from .training import accuracy, run_method, summarize
+from .training import Job, RunContext, accuracy, run_jobs, summarize
 
 
 def _positive_int(text: str) -> int:
@@ -48,6 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=_positive_int, nargs="+", default=[1, 3, 10],
                         help="labelled training samples per target class, one learning-curve "
                              "point each (default 1 3 10)")
+    parser.add_argument("--model", choices=["cnn", *RESNETS], default="cnn",
+                        help="the demo's small CNN (default) or a ResNet with torchvision's "
+                             "parameter names")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="a checkpoint of --model (for example a torchvision ResNet state "
+                             "dict) that pre-training on the source task starts from")
+    parser.add_argument("--out", default="demo_out", help="folder for results.json/.csv/.png")
+    add_training_arguments(parser)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that ``demo`` and ``rank`` share: fine-tuning, pre-training, where it runs."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the target split and of fine-tuning (default 0 1 2)")
     parser.add_argument("--steps", type=_positive_int, default=100,
@@ -57,12 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=_positive_float, default=0.05,
                         help="fine-tuning learning rate of SGD, every layer (default 0.05)")
     parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--model", choices=["cnn", *RESNETS], default="cnn",
-                        help="the demo's small CNN (default) or a ResNet with torchvision's "
-                             "parameter names")
-    parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="a checkpoint of --model (for example a torchvision ResNet state "
-                             "dict) that pre-training on the source task starts from")
     parser.add_argument("--width", type=_positive_int, default=32,
                         help="channels of the cnn's first conv block (default 32)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
@@ -71,7 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads of torch (default 1: the demo's tensors are too small to "
                              "gain from more, and one thread makes ms/step a clean CPU-time "
                              "measure)")
-    parser.add_argument("--out", default="demo_out", help="folder for results.json/.csv/.png")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="processes running the independent runs side by side, each with "
+                             "--threads threads; the accuracies are the same for any number "
+                             "(default: the CPU cores available on CPU, 1 on CUDA)")
     cache_home = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"))
     parser.add_argument("--cache-dir", default=str(cache_home / "tltorch_ext"),
                         help="where the pre-trained source model is cached")
@@ -81,15 +91,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the comparison; returns the process exit status (2 on bad input)."""
+    return run_command("demo", _run, args)
+
+
+def run_command(name: str, run: Callable[[argparse.Namespace], int], args) -> int:
+    """``run(args)`` with ``--threads`` torch threads; a DemoError is one ``tltorch-ext <name>:
+    error:`` line on stderr and exit status 2."""
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        return run(args)
     except DemoError as error:
-        print(f"tltorch-ext demo: error: {error}", file=sys.stderr)
+        print(f"tltorch-ext {name}: error: {error}", file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(threads)
+
+
+def resolve_device(args) -> torch.device:
+    """``--device`` as a torch device that is there."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise DemoError(f"--device {args.device!r} is not a torch device ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def worker_count(args, device: torch.device, jobs: int) -> int:
+    """--workers, else one per CPU core available (one on CUDA: the runs would share the GPU and
+    its timing); never more than the jobs."""
+    if args.workers is not None:
+        return min(args.workers, jobs)
+    if device.type == "cuda":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, jobs))
 
 
 def _note(args, message: str) -> None:
@@ -99,12 +137,7 @@ def _note(args, message: str) -> None:
 
 def _run(args) -> int:
     total_start = time.perf_counter()
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise DemoError(f"--device {args.device!r} is not a torch device ({error})") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DemoError("--device cuda asked for, but torch sees no CUDA device")
+    device = resolve_device(args)
     seeds = list(dict.fromkeys(args.seeds))
     shots_list = sorted(set(args.shots))
     data = load_data(args.data, args.image_size)
@@ -125,33 +158,21 @@ def _run(args) -> int:
     source_accuracy = accuracy(source, source_x, source_y)
     _note(args, f"source model: {note}; source train accuracy {100 * source_accuracy:.1f} %")
     source.requires_grad_(False)
+    test = splits[shots_list[0], seeds[0]]["test"].to(device)  # the same for every split
     target_x, target_y = data.target_x.to(device), data.target_y.to(device)
-    test = splits[shots_list[0], seeds[0]]["test"]  # the same for every split
     as_is = accuracy(source, target_x[test], target_y[test]) if data.shared_classes else None
     if as_is is not None:
         _note(args, f"source model on the target test set, not adapted: {100 * as_is:.1f} %")
-    shared = (source_x, source_y) if data.shared_classes else (None, None)
 
-    def fresh():
-        return build_model(args, data.source_x.shape[1], len(data.target_names)).to(device)
-
-    # The first optimizer built imports torch._dynamo (about a second): no method's cost.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    summaries = []
-    jobs = [(shots, method) for shots in shots_list for method in methods]
-    for shots, method in tqdm(jobs, desc="runs", disable=args.quiet):
-        runs = []
-        for seed in seeds:
-            split = splits[shots, seed]
-            train = split["train"].to(device)
-            task = TargetTask(
-                source, fresh, target_x[train], target_y[train],
-                target_x[split["unlabelled"].to(device)], *shared, len(data.target_names),
-                args.steps, args.batch_size, seed, device, progress=not args.quiet)
-            evaluation = {name: (target_x[split[name].to(device)], target_y[split[name].to(device)])
-                          for name in ("val", "test")}
-            runs.append(run_method(method, task, evaluation, args))
-        summaries.append(summarize(method, shots, runs, seeds))
+    # The costlier runs (more shots) first, so that no worker is left with a long one at the end.
+    jobs = [Job("source", method, shots, seed)
+            for shots in reversed(shots_list) for method in methods for seed in seeds]
+    workers = worker_count(args, device, len(jobs))
+    context = RunContext(args, data, {"source": source}, splits)
+    results = run_jobs(context, jobs, workers, progress=not args.quiet)
+    summaries = [summarize(method, shots, [results[Job("source", method, shots, seed)]
+                                           for seed in seeds], seeds)
+                 for shots in shots_list for method in methods]
 
     for s in summaries:
         baseline = next((b for b in summaries
@@ -164,7 +185,8 @@ def _run(args) -> int:
         "target_classes": data.target_names, "model": args.model, "weights": args.weights,
         "device": str(device), "shots": shots_list, "seeds": seeds, "steps": args.steps,
         "pretrain_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "torch_threads": torch.get_num_threads(), "backends": available_backends(device),
+        "torch_threads": torch.get_num_threads(), "workers": workers,
+        "backends": available_backends(device),
         "chance_accuracy": 1 / len(data.target_names), "source_train_accuracy": source_accuracy,
         "source_as_is_test_accuracy": as_is, "total_seconds": total,
     }

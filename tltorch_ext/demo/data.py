@@ -80,7 +80,8 @@ def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False) + 0.1 * noise
 
 
-def _standardize(x: torch.Tensor) -> torch.Tensor:
+def standardize_digits(x: torch.Tensor) -> torch.Tensor:
+    """Digit images with ink in [0, 1] mapped by the one affine map of both domains."""
     return (x - DIGITS_MEAN) / DIGITS_STD
 
 
@@ -104,7 +105,7 @@ def digits_task(noise_seed: int = 0) -> TransferData:
     names = [str(d) for d in range(10)]
     return TransferData(
         source_x=x[source], source_y=y[source],
-        target_x=_standardize(1 - x[target] + noise), target_y=y[target],
+        target_x=standardize_digits(1 - x[target] + noise), target_y=y[target],
         source_names=names, target_names=names,
         description="scikit-learn digits at 16x16: clean -> inverted with noise (std 0.3)",
         shared_classes=True, augment_source=True,
@@ -117,7 +118,7 @@ def source_images(data: TransferData, generator: torch.Generator | None) -> torc
     if not data.augment_source:
         return data.source_x
     x = data.source_x if generator is None else augment(data.source_x, generator)
-    return _standardize(x)
+    return standardize_digits(x)
 
 
 def load_data(path: str | os.PathLike | None = None, image_size: int = 16) -> TransferData:

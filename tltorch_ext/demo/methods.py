@@ -17,6 +17,7 @@ from .. import (
     EmaTeacher,
     IntermediateLayerGetter,
     L2ConsistencyLoss,
+    MinimumClassConfusionLoss,
     SPRegularization,
     WarmStartGradientReverseLayer,
     compute_channel_attention,
@@ -35,6 +36,8 @@ from ._common import (
     L2SP_WEIGHT,
     LWF_TEMPERATURE,
     LWF_WEIGHT,
+    MCC_TEMPERATURE,
+    MCC_WEIGHT,
     STOCHNORM_P,
 )
 from .data import jitter
@@ -225,6 +228,21 @@ def _logits_and_features(model: Classifier, x: torch.Tensor):
     return model.head(features), features
 
 
+def setup_mcc(task: TargetTask) -> Run:
+    """MCC: loss = CE(target batch) + w · minimum-class-confusion loss of the predictions on an
+    unlabelled target batch (temperature 2.5); no source data, no discriminator."""
+    model = _with_new_head(task.source, task.num_classes)
+    confusion = MinimumClassConfusionLoss(MCC_TEMPERATURE)
+    target_batch = task.sampler(task.unlabelled)
+
+    def loss(x, y):
+        (x_u,) = target_batch()
+        logits = model(torch.cat([x, x_u]))  # one pass: BatchNorm sees both batches together
+        return F.cross_entropy(logits[:len(x)], y) + MCC_WEIGHT * confusion(logits[len(x):])
+
+    return _single_head_run(model, loss)
+
+
 def setup_self_ensemble(task: TargetTask) -> Run:
     """Self-ensembling (mean teacher): loss = CE(target batch) + w · squared distance between the
     student's and the EMA teacher's class probabilities on two jittered views of an unlabelled
@@ -261,6 +279,7 @@ SETUPS: dict[str, Callable[[TargetTask], Run]] = {
     "lwf": setup_lwf,
     "dann": setup_dann,
     "self_ensemble": setup_self_ensemble,
+    "mcc": setup_mcc,
     "scratch": setup_scratch,
 }
 METHODS = tuple(SETUPS)

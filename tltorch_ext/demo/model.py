@@ -181,9 +181,11 @@ def _pretrain_key(model: nn.Module, data: TransferData, seed: int, epochs: int) 
     return digest.hexdigest()[:16]
 
 
-def pretrain_source(data: TransferData, args, device: torch.device) -> tuple[Classifier, str]:
+def pretrain_source(data: TransferData, args, device: torch.device,
+                    cached_only: bool = False) -> tuple[Classifier | None, str]:
     """The source model, loaded from the cache or trained on every source sample (freshly
-    augmented each epoch where the task allows) by one-cycle SGD, from ``--weights`` when given."""
+    augmented each epoch where the task allows) by one-cycle SGD, from ``--weights`` when given.
+    ``cached_only``: (None, "") instead of training when the cache does not hold it."""
     torch.manual_seed(args.pretrain_seed)
     model = build_model(args, data.source_x.shape[1], len(data.source_names))
     if args.weights is not None:
@@ -195,6 +197,8 @@ def pretrain_source(data: TransferData, args, device: torch.device) -> tuple[Cla
         if cache.exists():
             model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
             return model.to(device).eval(), f"loaded from {cache}"
+    if cached_only:
+        return None, ""
     model.to(device).train()
     y = data.source_y.to(device)
     recipe = PRETRAIN_RECIPE

@@ -1,14 +1,23 @@
-"""Training: run_method (set-up, SGD steps, timing, test accuracy) and the per-method summary."""
+"""Training: run_method (set-up, SGD steps, timing, test accuracy), run_jobs (many runs, serially
+or in worker processes, with the same results) and the per-method summary."""
 from __future__ import annotations
 
+import argparse
+import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from .data import TransferData, source_images
 from .methods import SETUPS, TargetTask
+from .model import Classifier, build_model
 
 
 def _synchronize(device: torch.device) -> None:
@@ -46,7 +55,7 @@ def run_method(method: str, task: TargetTask, evaluation: dict[str, tuple], args
     # kernels' completion.
     step_clock = time.thread_time if task.device.type == "cpu" else time.perf_counter
     step_seconds = []
-    steps = tqdm(range(task.steps), desc=f"{method} seed {task.seed}", disable=args.quiet,
+    steps = tqdm(range(task.steps), desc=f"{method} seed {task.seed}", disable=not task.progress,
                  leave=False)
     for _ in steps:
         step_start = step_clock()
@@ -66,6 +75,117 @@ def run_method(method: str, task: TargetTask, evaluation: dict[str, tuple], args
         "setup_seconds": train_start - start,
         "ms_per_step": 1e3 * statistics.median(step_seconds),
     }
+
+
+class Job(NamedTuple):
+    """One run: ``method`` from the source model named ``source``, on the (shots, seed) split."""
+
+    source: str
+    method: str
+    shots: int
+    seed: int
+
+
+@dataclass
+class RunContext:
+    """What every run of a comparison shares; sent once to each worker process."""
+
+    args: argparse.Namespace  # the demo's options (lr, steps, batch size, model, device, threads)
+    data: TransferData
+    sources: dict[str, Classifier]  # the frozen source models, by name
+    splits: dict[tuple[int, int], dict[str, torch.Tensor]]  # (shots, seed) → target_split
+
+
+class _Runner:
+    """Runs jobs of one context: the tensors moved to the device once."""
+
+    def __init__(self, context: RunContext, progress: bool):
+        args, data = context.args, context.data
+        self.args, self.splits, self.progress = args, context.splits, progress
+        self.device = device = torch.device(args.device)
+        # On CPU, oneDNN's convolutions take a sixth to a third less time per step on
+        # channels-last images and weights than on contiguous ones (docs/api_demo.md, "Run
+        # time"); every copy of a source model inherits the format.
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
+        self.sources = {name: self._placed(model).eval().requires_grad_(False)
+                        for name, model in context.sources.items()}
+        self.target_x, self.target_y = self._placed(data.target_x), data.target_y.to(device)
+        self.shared = ((self._placed(source_images(data, None)), data.source_y.to(device))
+                       if data.shared_classes else (None, None))
+        self.in_channels, self.num_classes = data.target_x.shape[1], len(data.target_names)
+        # The first optimizer built imports torch._dynamo (about a second): no method's cost.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+    def _placed(self, x):
+        """A module or a batch of images on the device, in the runs' memory format."""
+        return x.to(self.device, memory_format=self.memory_format)
+
+    def _fresh(self) -> Classifier:
+        return self._placed(build_model(self.args, self.in_channels, self.num_classes))
+
+    def __call__(self, job: Job) -> dict:
+        split = {name: indices.to(self.device) for name, indices in
+                 self.splits[job.shots, job.seed].items()}
+        x, y = self.target_x, self.target_y
+        task = TargetTask(
+            self.sources[job.source], self._fresh, x[split["train"]], y[split["train"]],
+            x[split["unlabelled"]], *self.shared, self.num_classes, self.args.steps,
+            self.args.batch_size, job.seed, self.device, self.progress)
+        evaluation = {name: (x[split[name]], y[split[name]]) for name in ("val", "test")}
+        return run_method(job.method, task, evaluation, self.args)
+
+
+def parallel_map(function: Callable, items: list, workers: int, progress: bool, desc: str,
+                 initializer: Callable | None = None, initargs: tuple = ()) -> list:
+    """``[function(item) for item in items]``, computed in ``workers`` processes, each set up by
+    ``initializer(*initargs)`` (``workers`` 1: all in this process, set up the same way). The
+    functions must be importable (module level) and the items and results picklable."""
+    bar = tqdm(total=len(items), desc=desc, disable=not progress)
+    if workers == 1:
+        if initializer is not None:
+            initializer(*initargs)
+        results = []
+        for item in items:
+            results.append(function(item))
+            bar.update()
+    else:
+        # spawn, not fork: a forked child may inherit the parent's thread pools mid-use.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=initializer, initargs=initargs) as pool:
+            futures = {pool.submit(function, item): i for i, item in enumerate(items)}
+            done = {}
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                bar.update()
+        results = [done[i] for i in range(len(items))]
+    bar.close()
+    return results
+
+
+_worker_runner: _Runner | None = None  # the runner of this process's jobs
+
+
+def _start_runner(context: RunContext) -> None:
+    global _worker_runner
+    torch.set_num_threads(context.args.threads)
+    _worker_runner = _Runner(context, progress=False)
+
+
+def _run_job(job: Job) -> dict:
+    return _worker_runner(job)
+
+
+def run_jobs(context: RunContext, jobs: list[Job], workers: int, progress: bool) -> dict[Job, dict]:
+    """The result of :func:`run_method` for every job, computed in ``workers`` processes. Every
+    run seeds its own random numbers, so the accuracies depend neither on the order nor on the
+    process: with the same ``--threads`` they are the same for any ``workers``."""
+    global _worker_runner
+    try:
+        results = parallel_map(_run_job, jobs, workers, progress, "runs",
+                               _start_runner, (context,))
+    finally:
+        _worker_runner = None  # workers == 1 set it up in this process
+    return dict(zip(jobs, results))
 
 
 def summarize(method: str, shots: int, runs: list[dict], seeds: list[int]) -> dict:
