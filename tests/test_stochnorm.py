@@ -3,6 +3,9 @@ against an independent float64 closed form (two F.batch_norm mixed per channel) 
 closed forms (BatchNorm at p = 1, running statistics at p = 0), gradients, custom-op checks,
 torch.compile, module state and bad input."""
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -306,6 +309,53 @@ def test_docs_phases_example_runs(backend):
     block = text.split("### The phases")[1].split("```python\n")[1].split("```")[0]
     with tltorch_ext.set_backend(backend):
         exec(compile(block, "api_stochnorm.md", "exec"), {})
+
+
+# ---------------------------------------------------------------------------------------------
+# The C++ kernels in bfloat16: float32 arithmetic on the widened values, each output rounded to
+# nearest even, in both builds (AVX2 where ATen's CPU capability allows it, and the baseline one)
+
+# Sizes that are no multiple of the vector widths (8 to 32 values), so every loop has a tail: the
+# spatial size S = 77 for contiguous x, C = 37 channels for channels_last.
+BF16_SHAPES = {"channels-first": ((3, 5, 7, 11), False), "channels-last": ((3, 37, 5, 3), True)}
+
+
+def assert_float32_rounded(out: torch.Tensor, out32: torch.Tensor):
+    """out (bfloat16) is out32 rounded to nearest even. Where out32 lies within 64 float32 ulps of
+    a bfloat16 rounding midpoint, float32 arithmetic in another order may round either way: one
+    bfloat16 ulp is allowed there."""
+    expected = out32.to(torch.bfloat16)
+    dropped = out32.view(torch.int32) & 0xFFFF
+    near_midpoint = (dropped - 0x8000).abs() <= 64
+    exact = out.view(torch.int16) == expected.view(torch.int16)
+    assert exact[~near_midpoint].all(), f"{(~exact & ~near_midpoint).sum()} values misrounded"
+    ulp = torch.finfo(torch.bfloat16).eps * expected.float().abs()
+    assert ((out.float() - expected.float()).abs() <= ulp)[near_midpoint].all()
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled kernels are not built")
+@pytest.mark.parametrize("capability", ["detected", "default"])
+@pytest.mark.parametrize("case", list(BF16_SHAPES))
+def test_cpu_bfloat16_is_float32_rounded(case, capability):
+    if capability == "default" and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        # ATen decides its capability once per process: the baseline build runs in a fresh one.
+        test = f"{__file__}::test_cpu_bfloat16_is_float32_rounded[{case}-default]"
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               test], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+        return
+    shape, cl = BF16_SHAPES[case]
+    x, params, mask = make_case(shape, torch.bfloat16, cl, param_dtype=torch.float32)
+    grad_y = torch.randn(shape).to(torch.bfloat16)
+    grad_y = channels_last(grad_y) if cl else grad_y
+    out, grads = run_op("cpu", x, params, mask, grad_y)
+    out32, grads32 = run_op("cpu", x.float(), params, mask, grad_y.float())
+    assert_float32_rounded(out[0], out32[0])
+    assert_float32_rounded(grads[0], grads32[0])
+    # The statistics and parameter gradients are float32 in both: the same computation.
+    for o, o32 in zip((*out[1:], *grads[1:]), (*out32[1:], *grads32[1:])):
+        torch.testing.assert_close(o, o32, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,13 +8,24 @@
 // Contiguous inputs are parallel over channels (each channel is N runs of S values); channels_last
 // inputs are parallel over blocks of rows (one row = C channel values) with per-thread partials
 // combined at the end. Accumulation is in float32 (float64 for double inputs).
+//
+// The loops (stoch_norm_kernels.inc) are plain C++ that gcc vectorizes, built twice: for the
+// baseline x86-64 (SSE2) the extension is compiled for, and for AVX2 + FMA, which runs when ATen's
+// own kernels do (at::get_cpu_capability() is AVX2 or above; ATEN_CPU_CAPABILITY=default turns
+// both off). bfloat16 values are widened and rounded by integer operations on their bits, so that
+// its loops vectorize as well as float32's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -52,71 +63,6 @@ struct Moments {
   }
 };
 
-// (Σ_i a(i), Σ_i b(i)) over i < n, kept in kLanes independent partial sums each: the fixed-size
-// inner loop vectorizes, and the adds of different lanes overlap instead of waiting on one
-// running sum's latency (which would bound a plain reduction loop to a fraction of bandwidth).
-template <typename acc_t, typename A, typename B>
-std::pair<acc_t, acc_t> lane_sums(int64_t n, const A& a, const B& b) {
-  constexpr int kLanes = 128 / sizeof(acc_t);
-  acc_t lanes_a[kLanes] = {}, lanes_b[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      lanes_a[j] += a(i + j);
-      lanes_b[j] += b(i + j);
-    }
-  }
-  acc_t sum_a = 0, sum_b = 0;
-  for (; i < n; ++i) {
-    sum_a += a(i);
-    sum_b += b(i);
-  }
-  for (int j = 0; j < kLanes; ++j) {
-    sum_a += lanes_a[j];
-    sum_b += lanes_b[j];
-  }
-  return {sum_a, sum_b};
-}
-
-template <typename acc_t, typename A>
-acc_t lane_sum(int64_t n, const A& a) {
-  return lane_sums<acc_t>(n, a, [](int64_t) { return acc_t(0); }).first;
-}
-
-// Moments of n contiguous values (n ≥ 1), by a sum pass then a centred pass over the same
-// (cached) values.
-template <typename scalar_t, typename acc_t>
-void merge_run(Moments<acc_t>& moments, const scalar_t* v, int64_t n) {
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t len = std::min(kChunk, n - start);
-    const scalar_t* p = v + start;
-    const acc_t mean =
-        lane_sum<acc_t>(len, [p](int64_t i) { return static_cast<acc_t>(p[i]); }) /
-        static_cast<acc_t>(len);
-    const acc_t m2 = lane_sum<acc_t>(len, [p, mean](int64_t i) {
-      const acc_t d = static_cast<acc_t>(p[i]) - mean;
-      return d * d;
-    });
-    moments.merge(static_cast<acc_t>(len), mean, m2);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics: per-channel (mean, biased variance) of x.
-
-template <typename scalar_t, typename acc_t>
-void batch_stats_channels_first(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
-                                acc_t* var) {
-  at::parallel_for(0, l.c, grain_for(l.n * l.s), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      Moments<acc_t> moments;
-      for (int64_t n = 0; n < l.n; ++n) merge_run(moments, x + (n * l.c + c) * l.s, l.s);
-      mean[c] = moments.mean;
-      var[c] = moments.m2 / moments.count;
-    }
-  });
-}
-
 // Splits `rows` rows into at most one part per thread; calls part_fn(part, row_begin, row_end) in
 // parallel and returns the number of parts (each writes its own partials, combined serially after).
 template <typename F>
@@ -130,65 +76,6 @@ int64_t for_each_row_part(int64_t rows, int64_t row_values, const F& part_fn) {
   return parts;
 }
 
-template <typename scalar_t, typename acc_t>
-void batch_stats_channels_last(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
-                               acc_t* var) {
-  const int64_t C = l.c, rows = l.n * l.s;
-  // Rows per block: the block is read twice like a chunk above, so it should stay in cache.
-  const int64_t block_rows = std::clamp<int64_t>(kChunk / C, 4, 256);
-  // Per part: count, then mean[C] and m2[C]; the block's sums use a scratch row of C.
-  const int64_t stride = 1 + 3 * C;
-  std::vector<acc_t> partials(static_cast<size_t>(at::get_num_threads()) * stride, acc_t(0));
-  const int64_t parts = for_each_row_part(rows, C, [&](int64_t part, int64_t r0, int64_t r1) {
-    acc_t* slot = partials.data() + part * stride;
-    acc_t& count = slot[0];
-    acc_t* part_mean = slot + 1;
-    acc_t* part_m2 = part_mean + C;
-    acc_t* block_mean = part_m2 + C;
-    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
-      const int64_t b1 = std::min(r1, b0 + block_rows);
-      const acc_t len = static_cast<acc_t>(b1 - b0);
-      std::fill(block_mean, block_mean + C, acc_t(0));
-      for (int64_t r = b0; r < b1; ++r) {
-        const scalar_t* row = x + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]);
-      }
-      const acc_t total = count + len, weight_b = len / total;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) block_mean[c] /= len;
-      // Centred squares of the block, merged into the part's moments (Chan, as in Moments).
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t delta = block_mean[c] - part_mean[c];
-        part_m2[c] += delta * delta * count * weight_b;
-        part_mean[c] += delta * weight_b;
-      }
-      for (int64_t r = b0; r < b1; ++r) {
-        const scalar_t* row = x + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t d = static_cast<acc_t>(row[c]) - block_mean[c];
-          part_m2[c] += d * d;
-        }
-      }
-      count = total;
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) {
-    Moments<acc_t> moments;
-    for (int64_t part = 0; part < parts; ++part) {
-      const acc_t* slot = partials.data() + part * stride;
-      moments.merge(slot[0], slot[1 + c], slot[1 + C + c]);
-    }
-    mean[c] = moments.mean;
-    var[c] = moments.m2 / moments.count;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Write pass shared by forward and backward:
-//   out = k_xmu[c]·(x − μ[c]) + k_const[c]  (+ k_dy[c]·dy when HAS_DY).
-
 template <typename acc_t>
 struct ChannelCoefficients {
   const acc_t* mean;
@@ -197,121 +84,88 @@ struct ChannelCoefficients {
   const acc_t* k_dy;  // read only when HAS_DY
 };
 
-template <bool HAS_DY, typename scalar_t, typename acc_t>
-void affine_write(const scalar_t* x, const scalar_t* dy, scalar_t* out, const StochNormLayout& l,
-                  const ChannelCoefficients<acc_t>& k) {
-  const int64_t C = l.c;
-  if (!l.channels_last) {
-    // One item = the S values of one (n, c) pair.
-    at::parallel_for(0, l.n * C, grain_for(l.s), [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t c = item % C, offset = item * l.s;
-        const acc_t m = k.mean[c], a = k.k_xmu[c], b = k.k_const[c];
-        const acc_t g = HAS_DY ? k.k_dy[c] : acc_t(0);
-        const scalar_t* xp = x + offset;
-        scalar_t* op = out + offset;
-        if constexpr (HAS_DY) {
-          const scalar_t* gp = dy + offset;
-#pragma omp simd
-          for (int64_t i = 0; i < l.s; ++i)
-            op[i] = static_cast<scalar_t>(g * static_cast<acc_t>(gp[i]) +
-                                          a * (static_cast<acc_t>(xp[i]) - m) + b);
-        } else {
-#pragma omp simd
-          for (int64_t i = 0; i < l.s; ++i)
-            op[i] = static_cast<scalar_t>(a * (static_cast<acc_t>(xp[i]) - m) + b);
-        }
-      }
-    });
-    return;
-  }
-  // One item = one row of C channel values.
-  at::parallel_for(0, l.n * l.s, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* xp = x + r * C;
-      scalar_t* op = out + r * C;
-      if constexpr (HAS_DY) {
-        const scalar_t* gp = dy + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          op[c] = static_cast<scalar_t>(k.k_dy[c] * static_cast<acc_t>(gp[c]) +
-                                        k.k_xmu[c] * (static_cast<acc_t>(xp[c]) - k.mean[c]) +
-                                        k.k_const[c]);
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          op[c] = static_cast<scalar_t>(k.k_xmu[c] * (static_cast<acc_t>(xp[c]) - k.mean[c]) +
-                                        k.k_const[c]);
-      }
-    }
-  });
+// out[i] = value in out's dtype. For bfloat16 this is c10's round-to-nearest-even (NaN stays a
+// quiet NaN) on the float's bits, written to the bits: c10::BFloat16(float) goes through a
+// temporary that keeps gcc from vectorizing the loop around it.
+template <typename scalar_t, typename acc_t>
+inline void store(scalar_t* out, int64_t i, acc_t value) {
+  out[i] = static_cast<scalar_t>(value);
+}
+
+inline void store(c10::BFloat16* out, int64_t i, float value) {
+  const uint32_t bits = c10::bit_cast<uint32_t>(value);
+  const uint32_t rounded = (bits + UINT32_C(0x7fff) + ((bits >> 16) & 1)) >> 16;
+  out[i].x = static_cast<uint16_t>(value != value ? UINT32_C(0x7fc0) : rounded);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward reduction: Σdy and Σdy·(x − μ_c) per channel.
+// The kernels, once per instruction set.
 
+namespace portable {
+#include "stoch_norm_kernels.inc"
+}  // namespace portable
+
+// gcc compiles what is defined between these pragmas for AVX2 + FMA, the lambdas inside the
+// kernels included; the torch and std templates they call were defined above and stay baseline.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TLTORCH_EXT_STOCH_NORM_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "stoch_norm_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+// Whether the AVX2 build runs: where ATen's kernels run theirs ("AVX2", "AVX512"), decided once.
+bool run_avx2() {
+#ifdef TLTORCH_EXT_STOCH_NORM_AVX2
+  static const bool avx2 = at::get_cpu_capability().rfind("AVX", 0) == 0;
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+#ifdef TLTORCH_EXT_STOCH_NORM_AVX2
+#define TLTORCH_EXT_STOCH_NORM_KERNEL(call) (run_avx2() ? avx2::call : portable::call)
+#else
+#define TLTORCH_EXT_STOCH_NORM_KERNEL(call) portable::call
+#endif
+
+// The kernels under their own names, each running the build chosen above.
+
+// Statistics: per-channel (mean, biased variance) of x.
+template <typename scalar_t, typename acc_t>
+void batch_stats_channels_first(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
+                                acc_t* var) {
+  TLTORCH_EXT_STOCH_NORM_KERNEL(batch_stats_channels_first(x, l, mean, var));
+}
+
+template <typename scalar_t, typename acc_t>
+void batch_stats_channels_last(const scalar_t* x, const StochNormLayout& l, acc_t* mean,
+                               acc_t* var) {
+  TLTORCH_EXT_STOCH_NORM_KERNEL(batch_stats_channels_last(x, l, mean, var));
+}
+
+// out = k_xmu[c]·(x − μ[c]) + k_const[c]  (+ k_dy[c]·dy when HAS_DY).
+template <bool HAS_DY, typename scalar_t, typename acc_t>
+void affine_write(const scalar_t* x, const scalar_t* dy, scalar_t* out, const StochNormLayout& l,
+                  const ChannelCoefficients<acc_t>& k) {
+  TLTORCH_EXT_STOCH_NORM_KERNEL(affine_write<HAS_DY>(x, dy, out, l, k));
+}
+
+// Σdy and Σdy·(x − μ_c) per channel.
 template <typename scalar_t, typename acc_t>
 void grad_sums_channels_first(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                               const StochNormLayout& l, acc_t* sum_dy, acc_t* sum_dy_xmu) {
-  at::parallel_for(0, l.c, grain_for(l.n * l.s), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const acc_t m = mean[c];
-      acc_t total_dy = 0, total_dy_xmu = 0;
-      for (int64_t n = 0; n < l.n; ++n) {
-        const int64_t offset = (n * l.c + c) * l.s;
-        const scalar_t* gp = dy + offset;
-        const scalar_t* xp = x + offset;
-        // Summed per run, then added to the totals: pairwise-like accuracy in float32.
-        const auto [run_dy, run_dy_xmu] = lane_sums<acc_t>(
-            l.s, [gp](int64_t i) { return static_cast<acc_t>(gp[i]); },
-            [gp, xp, m](int64_t i) {
-              return static_cast<acc_t>(gp[i]) * (static_cast<acc_t>(xp[i]) - m);
-            });
-        total_dy += run_dy;
-        total_dy_xmu += run_dy_xmu;
-      }
-      sum_dy[c] = total_dy;
-      sum_dy_xmu[c] = total_dy_xmu;
-    }
-  });
+  TLTORCH_EXT_STOCH_NORM_KERNEL(grad_sums_channels_first(dy, x, mean, l, sum_dy, sum_dy_xmu));
 }
 
 template <typename scalar_t, typename acc_t>
 void grad_sums_channels_last(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                              const StochNormLayout& l, acc_t* sum_dy, acc_t* sum_dy_xmu) {
-  const int64_t C = l.c;
-  const int64_t block_rows = std::clamp<int64_t>(kChunk / C, 4, 256);
-  // Per part: totals[2C], then block sums[2C] (flushed into the totals every block_rows rows).
-  const int64_t stride = 4 * C;
-  std::vector<acc_t> partials(static_cast<size_t>(at::get_num_threads()) * stride, acc_t(0));
-  const int64_t parts = for_each_row_part(l.n * l.s, C, [&](int64_t part, int64_t r0, int64_t r1) {
-    acc_t* total = partials.data() + part * stride;
-    acc_t* block = total + 2 * C;
-    for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
-      std::fill(block, block + 2 * C, acc_t(0));
-      for (int64_t r = b0; r < std::min(r1, b0 + block_rows); ++r) {
-        const scalar_t* gp = dy + r * C;
-        const scalar_t* xp = x + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t g = static_cast<acc_t>(gp[c]);
-          block[c] += g;
-          block[C + c] += g * (static_cast<acc_t>(xp[c]) - mean[c]);
-        }
-      }
-#pragma omp simd
-      for (int64_t i = 0; i < 2 * C; ++i) total[i] += block[i];
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t a = 0, b = 0;
-    for (int64_t part = 0; part < parts; ++part) {
-      a += partials[part * stride + c];
-      b += partials[part * stride + C + c];
-    }
-    sum_dy[c] = a;
-    sum_dy_xmu[c] = b;
-  }
+  TLTORCH_EXT_STOCH_NORM_KERNEL(grad_sums_channels_last(dy, x, mean, l, sum_dy, sum_dy_xmu));
 }
 
 template <typename acc_t>
