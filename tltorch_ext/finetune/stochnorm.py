@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._tensors import positive_int, real_number
-from ..ops.stoch_norm import stoch_norm, update_running_stats
+from ..ops.stoch_norm import lerp_running_stats, stoch_norm
 
 
 class _StochNorm(_BatchNorm):
@@ -72,8 +72,8 @@ class _StochNorm(_BatchNorm):
         y, _, _, batch_mean, batch_var = stoch_norm(
             input, self.weight, self.bias, self.running_mean, self.running_var, mask, self.eps
         )
-        update_running_stats(self.running_mean, self.running_var, batch_mean, batch_var,
-                             input.numel() // self.num_features, factor)
+        lerp_running_stats(self.running_mean, self.running_var, batch_mean, batch_var,
+                           input.numel() // self.num_features, factor)
         return y
 
 

@@ -5,8 +5,8 @@
   x, γ and the mask) and the biased batch statistics for the running update. Autograd is
   registered here once, whichever backend ran the forward.
 - ``tltorch_ext::stoch_norm_backward``: (grad_x, grad_weight, grad_bias).
-- ``tltorch_ext::stoch_norm_update_running_stats_``: mutates the running-statistics buffers.
-  torch.library refuses autograd formulas on mutating ops, so the buffer update is an op of its own.
+- :func:`update_running_stats` updates the running-statistics buffers with plain in-place torch
+  ops (two lerps of C values: no kernel to fuse, and an op around them cost more than they do).
 - The phases, for callers that combine statistics across processes between them (SyncStochNorm):
   ``stoch_norm_stats`` (x → batch mean, biased variance), ``stoch_norm_elemt`` (normalize with
   given statistics), ``stoch_norm_backward_reduce`` (Σdy, Σdy·x̂) and ``stoch_norm_backward_elemt``
@@ -92,26 +92,6 @@ def _autograd_backward(ctx, grad_y, *_grad_stats):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op(
-    "tltorch_ext::stoch_norm_update_running_stats_", mutates_args=("running_mean", "running_var")
-)
-def _update_running_stats(
-    running_mean: Tensor, running_var: Tensor, batch_mean: Tensor, batch_var: Tensor, count: int,
-    factor: Tensor,
-) -> None:
-    # BatchNorm's running variance follows the unbiased batch variance. factor is a 0-dim tensor,
-    # so the cumulative average 1/num_batches_tracked stays in the graph under torch.compile.
-    factor = factor.to(running_mean.device, running_mean.dtype)
-    with torch.no_grad():
-        running_mean.lerp_(batch_mean.to(running_mean.dtype), factor)
-        running_var.lerp_((batch_var * (count / (count - 1))).to(running_var.dtype), factor)
-
-
-@_update_running_stats.register_fake
-def _(running_mean, running_var, batch_mean, batch_var, count, factor):
-    return None
 
 
 @torch.library.custom_op("tltorch_ext::stoch_norm_stats", mutates_args=())
@@ -286,7 +266,16 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
                              f"got {tuple(t.shape)}")
     check_same_device("running_mean", running_mean, running_var=running_var,
                       batch_mean=batch_mean, batch_var=batch_var)
-    if not isinstance(factor, Tensor):
-        # In the buffers' dtype: a float32 0-dim tensor would round a float64 momentum.
-        factor = torch.tensor(float(factor), dtype=running_mean.dtype)
-    _update_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), factor)
+    lerp_running_stats(running_mean, running_var, batch_mean, batch_var, int(count), factor)
+
+
+def lerp_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor):
+    """:func:`update_running_stats` without its checks, for the modules, whose buffers and batch
+    statistics match by construction. BatchNorm's running variance follows the unbiased batch
+    variance; a tensor factor (the cumulative average 1/num_batches_tracked) stays on its device
+    and, under torch.compile, in the graph."""
+    if isinstance(factor, Tensor):
+        factor = factor.to(running_mean.device, running_mean.dtype)
+    with torch.no_grad():
+        running_mean.lerp_(batch_mean.to(running_mean.dtype), factor)
+        running_var.lerp_((batch_var * (count / (count - 1))).to(running_var.dtype), factor)
