@@ -9,10 +9,10 @@
 // inputs are parallel over blocks of rows (one row = C channel values) with per-thread partials
 // combined at the end. Accumulation is in float32 (float64 for double inputs).
 //
-// The loops (stoch_norm_kernels.inc) are plain C++ that gcc vectorizes, built twice: for the
-// baseline x86-64 (SSE2) the extension is compiled for, and for AVX2 + FMA, which runs when ATen's
-// own kernels do (at::get_cpu_capability() is AVX2 or above; ATEN_CPU_CAPABILITY=default turns
-// both off). bfloat16 values are widened and rounded by integer operations on their bits, so that
+// The loops (stoch_norm_kernels.inc) are plain C++ that gcc vectorizes, built three times: for the
+// baseline x86-64 (SSE2) the extension is compiled for, for AVX2 + FMA and for AVX512; the build
+// matching ATen's CPU capability runs (at::get_cpu_capability(); ATEN_CPU_CAPABILITY=default or
+// avx2 lowers both). bfloat16 values are widened and rounded by integer operations on their bits, so that
 // its loops vectorize as well as float32's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -105,30 +105,49 @@ namespace portable {
 #include "stoch_norm_kernels.inc"
 }  // namespace portable
 
-// gcc compiles what is defined between these pragmas for AVX2 + FMA, the lambdas inside the
-// kernels included; the torch and std templates they call were defined above and stay baseline.
+// gcc compiles what is defined between these pragmas for the named instruction set, the lambdas
+// inside the kernels included; the torch and std templates they call were defined above and stay
+// baseline. The sets are those of ATen's own AVX2 and AVX512 kernel builds.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define TLTORCH_EXT_STOCH_NORM_AVX2
+#define TLTORCH_EXT_STOCH_NORM_X86_BUILDS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 #include "stoch_norm_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+namespace avx512 {
+#include "stoch_norm_kernels.inc"
+}  // namespace avx512
+#pragma GCC pop_options
 #endif
 
-// Whether the AVX2 build runs: where ATen's kernels run theirs ("AVX2", "AVX512"), decided once.
-bool run_avx2() {
-#ifdef TLTORCH_EXT_STOCH_NORM_AVX2
-  static const bool avx2 = at::get_cpu_capability().rfind("AVX", 0) == 0;
-  return avx2;
+enum class KernelBuild { kPortable, kAvx2, kAvx512 };
+
+// The build that runs: the one matching ATen's CPU capability ("AVX512", "AVX2" or "DEFAULT",
+// which ATEN_CPU_CAPABILITY may lower), decided once, so that ours never uses instructions ATen
+// was told to avoid.
+KernelBuild kernel_build() {
+#ifdef TLTORCH_EXT_STOCH_NORM_X86_BUILDS
+  static const KernelBuild build = [] {
+    const std::string capability = at::get_cpu_capability();
+    if (capability.rfind("AVX512", 0) == 0) return KernelBuild::kAvx512;
+    if (capability == "AVX2") return KernelBuild::kAvx2;
+    return KernelBuild::kPortable;
+  }();
+  return build;
 #else
-  return false;
+  return KernelBuild::kPortable;
 #endif
 }
 
-#ifdef TLTORCH_EXT_STOCH_NORM_AVX2
-#define TLTORCH_EXT_STOCH_NORM_KERNEL(call) (run_avx2() ? avx2::call : portable::call)
+#ifdef TLTORCH_EXT_STOCH_NORM_X86_BUILDS
+#define TLTORCH_EXT_STOCH_NORM_KERNEL(call)                                  \
+  (kernel_build() == KernelBuild::kAvx512 ? avx512::call                    \
+   : kernel_build() == KernelBuild::kAvx2 ? avx2::call                      \
+                                          : portable::call)
 #else
 #define TLTORCH_EXT_STOCH_NORM_KERNEL(call) portable::call
 #endif
