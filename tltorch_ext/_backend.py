@@ -54,6 +54,8 @@ _scoped = contextvars.ContextVar("tltorch_ext_backend", default=None)
 def _as_device_type(device) -> str:
     if isinstance(device, torch.Tensor):
         device = device.device
+    if isinstance(device, torch.device):  # every op call passes one: skip the parse
+        return device.type
     try:
         return torch.device(device).type
     except (RuntimeError, TypeError):
