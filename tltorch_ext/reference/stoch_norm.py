@@ -23,6 +23,11 @@ def _reduced_dims(x: torch.Tensor) -> list[int]:
     return [0] + list(range(2, x.dim()))
 
 
+def _normalized(x, save_mean, save_invstd):
+    """x̂ = (x − save_mean)·save_invstd per channel, in the statistics' dtype."""
+    return (x.to(save_mean.dtype) - _per_channel(save_mean, x)) * _per_channel(save_invstd, x)
+
+
 def stats(x):
     """(mean, var): the biased per-channel batch statistics of x, in float32 (float64 for
     float64 x)."""
@@ -42,9 +47,8 @@ def elemt(x, weight, bias, save_mean, save_invstd):
 
 def backward_reduce(grad_y, x, save_mean, save_invstd):
     """(Σdy, Σdy·x̂) per channel over x's values, x̂ = (x − save_mean)·save_invstd."""
-    acc = save_mean.dtype
-    xhat = (x.to(acc) - _per_channel(save_mean, x)) * _per_channel(save_invstd, x)
-    dy = grad_y.to(acc)
+    xhat = _normalized(x, save_mean, save_invstd)
+    dy = grad_y.to(save_mean.dtype)
     dims = _reduced_dims(x)
     return dy.sum(dims), (dy * xhat).sum(dims)
 
@@ -54,7 +58,7 @@ def backward_elemt(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy, sum_
     γ·invstd·dy where s = 0 (constant statistics). The sums and count are over every value the
     statistics were taken over (the whole process group's for SyncStochNorm)."""
     acc = save_mean.dtype
-    xhat = (x.to(acc) - _per_channel(save_mean, x)) * _per_channel(save_invstd, x)
+    xhat = _normalized(x, save_mean, save_invstd)
     gamma = torch.ones_like(save_invstd) if weight is None else weight.to(acc)
     batch = mask.to(acc) / count
     grad_x = _per_channel(gamma * save_invstd, x) * (
