@@ -99,6 +99,7 @@ SHAPES = {
     "5d-channels-last": ((2, 3, 3, 5, 7), True),
     "many-channels-last": ((3, 261, 3, 1), True),  # more channels than one Triton block
     "long-rows": ((2, 3, 4099), False),  # several tiles / cache chunks per sample
+    "many-short-rows": ((300, 3, 5, 5), False),  # several cache segments of whole rows
 }
 
 
