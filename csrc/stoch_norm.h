@@ -137,4 +137,58 @@ struct StochNormBackwardArgs : StochNormInput {
   }
 };
 
+// The phase ops' arguments, checked and prepared as the fused ones' are.
+struct StochNormElemtArgs : StochNormInput {
+  at::Tensor weight, bias, save_mean, save_invstd;  // weight, bias: or undefined
+  at::Tensor y;
+
+  StochNormElemtArgs(const at::Tensor& x, const std::optional<at::Tensor>& weight_,
+                     const std::optional<at::Tensor>& bias_, const at::Tensor& save_mean_,
+                     const at::Tensor& save_invstd_)
+      : StochNormInput(x), weight(channel("weight", weight_)), bias(channel("bias", bias_)),
+        save_mean(channel("save_mean", save_mean_)),
+        save_invstd(channel("save_invstd", save_invstd_)), y(at::empty_like(input)) {}
+};
+
+struct StochNormBackwardReduceArgs : StochNormInput {
+  at::Tensor grad_y, save_mean, save_invstd;
+  at::Tensor sum_dy, sum_dy_xhat;
+
+  StochNormBackwardReduceArgs(const at::Tensor& grad_y_, const at::Tensor& x,
+                              const at::Tensor& save_mean_, const at::Tensor& save_invstd_)
+      : StochNormInput(x), grad_y(like_x("grad_y", grad_y_)),
+        save_mean(channel("save_mean", save_mean_)),
+        save_invstd(channel("save_invstd", save_invstd_)), sum_dy(new_channel_stat()),
+        sum_dy_xhat(new_channel_stat()) {}
+
+  std::tuple<at::Tensor, at::Tensor> outputs() const { return {sum_dy, sum_dy_xhat}; }
+};
+
+// The number of values backward_elemt's sums ran over: a base of its arguments, so that it is
+// checked before x.
+struct StochNormCount {
+  int64_t count;
+
+  explicit StochNormCount(int64_t count_) : count(count_) {
+    TORCH_CHECK(count >= 1, "stoch_norm: count must be at least 1, got ", count);
+  }
+};
+
+struct StochNormBackwardElemtArgs : StochNormCount, StochNormInput {
+  at::Tensor grad_y, weight, mask, save_mean, save_invstd;  // weight: or undefined
+  at::Tensor sum_dy, sum_dy_xhat;
+  at::Tensor grad_x;
+
+  StochNormBackwardElemtArgs(const at::Tensor& grad_y_, const at::Tensor& x,
+                             const std::optional<at::Tensor>& weight_, const at::Tensor& mask_,
+                             const at::Tensor& save_mean_, const at::Tensor& save_invstd_,
+                             const at::Tensor& sum_dy_, const at::Tensor& sum_dy_xhat_,
+                             int64_t count_)
+      : StochNormCount(count_), StochNormInput(x), grad_y(like_x("grad_y", grad_y_)),
+        weight(channel("weight", weight_)), mask(StochNormInput::mask(mask_)),
+        save_mean(channel("save_mean", save_mean_)),
+        save_invstd(channel("save_invstd", save_invstd_)), sum_dy(channel("sum_dy", sum_dy_)),
+        sum_dy_xhat(channel("sum_dy_xhat", sum_dy_xhat_)), grad_x(at::empty_like(input)) {}
+};
+
 }  // namespace tltorch_ext

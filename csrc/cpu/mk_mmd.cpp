@@ -43,45 +43,29 @@ struct Layer {
   int64_t count;
 };
 
-struct Problem {
-  int64_t n, batch;
-  mmd::Estimate estimate;
-  mmd::Weights weights;
-};
+using mmd::Problem;
 
 Problem check_inputs(at::TensorList features, at::TensorList centers, const at::Tensor& gammas,
                      at::IntArrayRef kernels, const std::string& estimate) {
-  TORCH_CHECK(!features.empty(), "mk_mmd: features must hold at least one layer");
-  TORCH_CHECK(centers.size() == features.size() && kernels.size() == features.size(),
-              "mk_mmd: one centre and one kernel count per layer, got ", features.size(),
-              " layers, ", centers.size(), " centres, ", kernels.size(), " counts");
-  const int code = mmd::parse_estimate(estimate);
-  TORCH_CHECK(code >= 0, "mk_mmd: estimate must be biased, unbiased or linear, got ", estimate);
-  const at::Tensor& first = features[0];
-  const int64_t n = first.size(0);
-  TORCH_CHECK(n >= 4 && n % 2 == 0, "mk_mmd: features must stack 2B rows, B >= 2, got ", n);
-  const auto acc = at::toOpMathType(first.scalar_type());
-  int64_t total = 0;
-  double product = 1;
-  for (size_t l = 0; l < features.size(); ++l) {
-    const at::Tensor& z = features[l];
-    TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.size(0) == n && z.is_contiguous() &&
-                    z.scalar_type() == first.scalar_type(),
-                "mk_mmd: features must be contiguous (", n, ", d) CPU tensors of one dtype, got ",
-                z.sizes(), " ", z.scalar_type(), " on ", z.device());
-    TORCH_CHECK(centers[l].scalar_type() == acc && centers[l].is_contiguous() &&
-                    centers[l].numel() == z.size(1) && centers[l].device().is_cpu(),
-                "mk_mmd: centers[", l, "] must be a contiguous CPU ", acc, " tensor of ",
-                z.size(1), " values");
-    TORCH_CHECK(kernels[l] >= 1, "mk_mmd: every layer needs at least one kernel");
-    total += kernels[l];
-    product *= static_cast<double>(kernels[l]);
-  }
+  const Problem p = mmd::check_problem(
+      features, centers, kernels, estimate,
+      [](size_t l, const at::Tensor& z, const at::Tensor& center, const at::Tensor& first) {
+        const int64_t n = first.size(0);
+        TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.size(0) == n && z.is_contiguous() &&
+                        z.scalar_type() == first.scalar_type(),
+                    "mk_mmd: features must be contiguous (", n,
+                    ", d) CPU tensors of one dtype, got ", z.sizes(), " ", z.scalar_type(),
+                    " on ", z.device());
+        const auto acc = at::toOpMathType(first.scalar_type());
+        TORCH_CHECK(center.scalar_type() == acc && center.is_contiguous() &&
+                        center.numel() == z.size(1) && center.device().is_cpu(),
+                    "mk_mmd: centers[", l, "] must be a contiguous CPU ", acc, " tensor of ",
+                    z.size(1), " values");
+      });
   TORCH_CHECK(gammas.scalar_type() == at::kDouble && gammas.device().is_cpu() &&
-                  gammas.dim() == 1 && gammas.numel() == total,
-              "mk_mmd: gammas must be a CPU float64 vector of ", total, " values");
-  const auto e = static_cast<mmd::Estimate>(code);
-  return {n, n / 2, e, mmd::weights(n / 2, e, product)};
+                  gammas.dim() == 1 && gammas.numel() == p.kernel_total,
+              "mk_mmd: gammas must be a CPU float64 vector of ", p.kernel_total, " values");
+  return p;
 }
 
 // The layers' centred rows and norms, packed in `storage`, and their bandwidths.

@@ -330,18 +330,14 @@ at::Tensor stoch_norm_elemt_cpu(const at::Tensor& x, const std::optional<at::Ten
                                 const std::optional<at::Tensor>& bias,
                                 const at::Tensor& save_mean, const at::Tensor& save_invstd) {
   check_cpu(x, "x");
-  const StochNormInput in(x);
-  const at::Tensor w = in.channel("weight", weight), b = in.channel("bias", bias);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  at::Tensor y = at::empty_like(in.input);
-  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_elemt_cpu", [&] {
+  const StochNormElemtArgs a(x, weight, bias, save_mean, save_invstd);
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(a.input.scalar_type(), "stoch_norm_elemt_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    normalize(in.input.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), in.layout,
-              mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), data_or_null<acc_t>(w),
-              data_or_null<acc_t>(b));
+    normalize(a.input.data_ptr<scalar_t>(), a.y.data_ptr<scalar_t>(), a.layout,
+              a.save_mean.data_ptr<acc_t>(), a.save_invstd.data_ptr<acc_t>(),
+              data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias));
   });
-  return y;
+  return a.y;
 }
 
 std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cpu(const at::Tensor& grad_y,
@@ -349,18 +345,14 @@ std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cpu(const at::Tens
                                                                   const at::Tensor& save_mean,
                                                                   const at::Tensor& save_invstd) {
   check_cpu(x, "x");
-  const StochNormInput in(x);
-  const at::Tensor dy = in.like_x("grad_y", grad_y);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  at::Tensor sum_dy = in.new_channel_stat(), sum_dy_xhat = in.new_channel_stat();
-  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_backward_reduce_cpu", [&] {
+  const StochNormBackwardReduceArgs a(grad_y, x, save_mean, save_invstd);
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(a.input.scalar_type(), "stoch_norm_backward_reduce_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    grad_sums(dy.data_ptr<scalar_t>(), in.input.data_ptr<scalar_t>(), in.layout,
-              mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), sum_dy.data_ptr<acc_t>(),
-              sum_dy_xhat.data_ptr<acc_t>());
+    grad_sums(a.grad_y.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), a.layout,
+              a.save_mean.data_ptr<acc_t>(), a.save_invstd.data_ptr<acc_t>(),
+              a.sum_dy.data_ptr<acc_t>(), a.sum_dy_xhat.data_ptr<acc_t>());
   });
-  return {sum_dy, sum_dy_xhat};
+  return a.outputs();
 }
 
 at::Tensor stoch_norm_backward_elemt_cpu(const at::Tensor& grad_y, const at::Tensor& x,
@@ -369,22 +361,17 @@ at::Tensor stoch_norm_backward_elemt_cpu(const at::Tensor& grad_y, const at::Ten
                                          const at::Tensor& save_invstd, const at::Tensor& sum_dy,
                                          const at::Tensor& sum_dy_xhat, int64_t count) {
   check_cpu(x, "x");
-  TORCH_CHECK(count >= 1, "stoch_norm: count must be at least 1, got ", count);
-  const StochNormInput in(x);
-  const at::Tensor dy = in.like_x("grad_y", grad_y);
-  const at::Tensor w = in.channel("weight", weight), s = in.mask(mask);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  const at::Tensor a = in.channel("sum_dy", sum_dy), b = in.channel("sum_dy_xhat", sum_dy_xhat);
-  at::Tensor grad_x = at::empty_like(in.input);
-  TLTORCH_EXT_STOCH_NORM_DISPATCH(in.input.scalar_type(), "stoch_norm_backward_elemt_cpu", [&] {
+  const StochNormBackwardElemtArgs a(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy,
+                                     sum_dy_xhat, count);
+  TLTORCH_EXT_STOCH_NORM_DISPATCH(a.input.scalar_type(), "stoch_norm_backward_elemt_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    grad_input(dy.data_ptr<scalar_t>(), in.input.data_ptr<scalar_t>(),
-               grad_x.data_ptr<scalar_t>(), in.layout, data_or_null<acc_t>(w),
-               s.data_ptr<bool>(), mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(),
-               a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), static_cast<acc_t>(count));
+    grad_input(a.grad_y.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(),
+               a.grad_x.data_ptr<scalar_t>(), a.layout, data_or_null<acc_t>(a.weight),
+               a.mask.data_ptr<bool>(), a.save_mean.data_ptr<acc_t>(),
+               a.save_invstd.data_ptr<acc_t>(), a.sum_dy.data_ptr<acc_t>(),
+               a.sum_dy_xhat.data_ptr<acc_t>(), static_cast<acc_t>(a.count));
   });
-  return grad_x;
+  return a.grad_x;
 }
 
 // The schemas are defined here, with the CPU kernels; csrc/cuda/stoch_norm_binding.cpp adds

@@ -18,45 +18,38 @@ using binding::current_stream;
 struct Packed {
   at::Tensor zc, q, column_offsets, kernel_offsets, gammas;
   std::vector<int64_t> dims;
-  mmd::Estimate estimate;
-  mmd::Weights weights;
+  mmd::Problem checked;  // sizes, estimate and weights, as the shared checks found them
   cuda::MmdProblem problem;
 };
 
 Packed pack(at::TensorList features, at::TensorList centers, const at::Tensor& gammas,
             at::IntArrayRef kernels, const std::string& estimate) {
-  TORCH_CHECK(!features.empty() && centers.size() == features.size() &&
-                  kernels.size() == features.size(),
-              "mk_mmd: one centre and one kernel count per layer, got ", features.size(),
-              " layers, ", centers.size(), " centres, ", kernels.size(), " counts");
-  const int code = mmd::parse_estimate(estimate);
-  TORCH_CHECK(code >= 0, "mk_mmd: estimate must be biased, unbiased or linear, got ", estimate);
-  const at::Tensor& first = features[0];
-  const int64_t n = first.size(0);
-  TORCH_CHECK(n >= 4 && n % 2 == 0, "mk_mmd: features must stack 2B rows, B >= 2, got ", n);
-  const auto acc = at::toOpMathType(first.scalar_type());
   Packed out;
+  out.checked = mmd::check_problem(
+      features, centers, kernels, estimate,
+      [](size_t l, const at::Tensor& z, const at::Tensor& center, const at::Tensor& first) {
+        binding::check_cuda(z, "features");
+        TORCH_CHECK(z.dim() == 2 && z.size(0) == first.size(0) &&
+                        z.scalar_type() == first.scalar_type() && z.device() == first.device(),
+                    "mk_mmd: features must be (", first.size(0),
+                    ", d) tensors of one dtype and device, got ", z.sizes(), " ", z.scalar_type());
+        TORCH_CHECK(center.numel() == z.size(1) && center.device() == z.device(),
+                    "mk_mmd: centers[", l, "] must hold ", z.size(1), " values on ", z.device());
+      });
+  const mmd::Problem& checked = out.checked;
+  TORCH_CHECK(gammas.dim() == 1 && gammas.numel() == checked.kernel_total,
+              "mk_mmd: gammas must hold ", checked.kernel_total, " values");
+  const at::Tensor& first = features[0];
+  const auto acc = at::toOpMathType(first.scalar_type());
   std::vector<at::Tensor> parts;
   std::vector<int> columns{0}, kernel_starts{0};
-  double product = 1;
   for (size_t l = 0; l < features.size(); ++l) {
     const at::Tensor& z = features[l];
-    binding::check_cuda(z, "features");
-    TORCH_CHECK(z.dim() == 2 && z.size(0) == n && z.scalar_type() == first.scalar_type() &&
-                    z.device() == first.device(),
-                "mk_mmd: features must be (", n, ", d) tensors of one dtype and device, got ",
-                z.sizes(), " ", z.scalar_type());
-    TORCH_CHECK(centers[l].numel() == z.size(1) && centers[l].device() == z.device(),
-                "mk_mmd: centers[", l, "] must hold ", z.size(1), " values on ", z.device());
-    TORCH_CHECK(kernels[l] >= 1, "mk_mmd: every layer needs at least one kernel");
     parts.push_back(z.to(acc) - centers[l].to(acc));
     out.dims.push_back(z.size(1));
     columns.push_back(columns.back() + static_cast<int>(z.size(1)));
     kernel_starts.push_back(kernel_starts.back() + static_cast<int>(kernels[l]));
-    product *= static_cast<double>(kernels[l]);
   }
-  TORCH_CHECK(gammas.dim() == 1 && gammas.numel() == kernel_starts.back(),
-              "mk_mmd: gammas must hold ", kernel_starts.back(), " values");
   const auto int_options = first.options().dtype(at::kInt);
   out.zc = at::cat(parts, 1).contiguous();
   std::vector<at::Tensor> norms;
@@ -67,22 +60,20 @@ Packed pack(at::TensorList features, at::TensorList centers, const at::Tensor& g
   out.column_offsets = at::tensor(columns, at::kInt).to(int_options.device());
   out.kernel_offsets = at::tensor(kernel_starts, at::kInt).to(int_options.device());
   out.gammas = gammas.to(first.device(), at::kDouble).contiguous();
-  out.estimate = static_cast<mmd::Estimate>(code);
-  out.weights = mmd::weights(n / 2, out.estimate, product);
   cuda::MmdProblem& p = out.problem;
   p.zc = out.zc.data_ptr();
   p.q = out.q.data_ptr();
   p.column_offsets = out.column_offsets.data_ptr<int>();
   p.kernel_offsets = out.kernel_offsets.data_ptr<int>();
   p.gammas = out.gammas.data_ptr<double>();
-  p.n = n;
-  p.batch = n / 2;
+  p.n = checked.n;
+  p.batch = checked.batch;
   p.stride = out.zc.size(1);
   p.layers = static_cast<int>(features.size());
   p.double_acc = acc == at::kDouble;
-  p.linear = out.estimate == mmd::Estimate::kLinear;
-  p.same = out.weights.same;
-  p.cross = out.weights.cross;
+  p.linear = checked.estimate == mmd::Estimate::kLinear;
+  p.same = checked.weights.same;
+  p.cross = checked.weights.cross;
   return out;
 }
 
@@ -96,7 +87,7 @@ at::Tensor mk_mmd_forward_cuda(at::TensorList features, at::TensorList centers,
                                  features[0].options().dtype(at::kDouble));
   check(cuda::mk_mmd_forward(packed.problem, partial.data_ptr<double>(), current_stream()),
         "mk_mmd_forward");
-  return (partial.sum() + packed.weights.diagonal).to(features[0].scalar_type());
+  return (partial.sum() + packed.checked.weights.diagonal).to(features[0].scalar_type());
 }
 
 std::vector<at::Tensor> mk_mmd_backward_cuda(const at::Tensor& grad, at::TensorList features,

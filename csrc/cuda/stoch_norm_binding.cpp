@@ -88,21 +88,17 @@ at::Tensor stoch_norm_elemt_cuda(const at::Tensor& x, const std::optional<at::Te
                                  const at::Tensor& save_mean, const at::Tensor& save_invstd) {
   binding::check_cuda(x, "stoch_norm: x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const StochNormInput in(x);
-  const at::Tensor w = in.channel("weight", weight), b = in.channel("bias", bias);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
-  at::Tensor y = at::empty_like(in.input);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+  const StochNormElemtArgs a(x, weight, bias, save_mean, save_invstd);
+  const StochNormLaunch launch(a.layout, a.input, a.acc_dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "stoch_norm_elemt_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     C10_CUDA_CHECK(cuda::stoch_norm_elemt(
-        launch.shape, launch.plan, cuda_ptr<scalar_t>(in.input), cuda_ptr<acc_t>(w),
-        cuda_ptr<acc_t>(b), cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd), cuda_ptr<scalar_t>(y),
-        cuda_ptr<acc_t>(launch.workspace), launch.stream));
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(a.input), cuda_ptr<acc_t>(a.weight),
+        cuda_ptr<acc_t>(a.bias), cuda_ptr<acc_t>(a.save_mean), cuda_ptr<acc_t>(a.save_invstd),
+        cuda_ptr<scalar_t>(a.y), cuda_ptr<acc_t>(launch.workspace), launch.stream));
   });
-  return y;
+  return a.y;
 }
 
 std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cuda(
@@ -110,21 +106,17 @@ std::tuple<at::Tensor, at::Tensor> stoch_norm_backward_reduce_cuda(
     const at::Tensor& save_invstd) {
   binding::check_cuda(x, "stoch_norm: x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const StochNormInput in(x);
-  const at::Tensor dy = in.like_x("grad_y", grad_y);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
-  at::Tensor sum_dy = in.new_channel_stat(), sum_dy_xhat = in.new_channel_stat();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+  const StochNormBackwardReduceArgs a(grad_y, x, save_mean, save_invstd);
+  const StochNormLaunch launch(a.layout, a.input, a.acc_dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "stoch_norm_backward_reduce_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     C10_CUDA_CHECK(cuda::stoch_norm_backward_reduce(
-        launch.shape, launch.plan, cuda_ptr<scalar_t>(dy), cuda_ptr<scalar_t>(in.input),
-        cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd), cuda_ptr<acc_t>(sum_dy),
-        cuda_ptr<acc_t>(sum_dy_xhat), cuda_ptr<acc_t>(launch.workspace), launch.stream));
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(a.grad_y), cuda_ptr<scalar_t>(a.input),
+        cuda_ptr<acc_t>(a.save_mean), cuda_ptr<acc_t>(a.save_invstd), cuda_ptr<acc_t>(a.sum_dy),
+        cuda_ptr<acc_t>(a.sum_dy_xhat), cuda_ptr<acc_t>(launch.workspace), launch.stream));
   });
-  return {sum_dy, sum_dy_xhat};
+  return a.outputs();
 }
 
 at::Tensor stoch_norm_backward_elemt_cuda(const at::Tensor& grad_y, const at::Tensor& x,
@@ -134,26 +126,20 @@ at::Tensor stoch_norm_backward_elemt_cuda(const at::Tensor& grad_y, const at::Te
                                           const at::Tensor& sum_dy,
                                           const at::Tensor& sum_dy_xhat, int64_t count) {
   binding::check_cuda(x, "stoch_norm: x");
-  TORCH_CHECK(count >= 1, "stoch_norm: count must be at least 1, got ", count);
   const c10::cuda::CUDAGuard guard(x.device());
-  const StochNormInput in(x);
-  const at::Tensor dy = in.like_x("grad_y", grad_y);
-  const at::Tensor w = in.channel("weight", weight), s = in.mask(mask);
-  const at::Tensor mean = in.channel("save_mean", save_mean);
-  const at::Tensor invstd = in.channel("save_invstd", save_invstd);
-  const at::Tensor a = in.channel("sum_dy", sum_dy), b = in.channel("sum_dy_xhat", sum_dy_xhat);
-  const StochNormLaunch launch(in.layout, in.input, in.acc_dtype);
-  at::Tensor grad_x = at::empty_like(in.input);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.input.scalar_type(),
+  const StochNormBackwardElemtArgs a(grad_y, x, weight, mask, save_mean, save_invstd, sum_dy,
+                                     sum_dy_xhat, count);
+  const StochNormLaunch launch(a.layout, a.input, a.acc_dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "stoch_norm_backward_elemt_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     C10_CUDA_CHECK(cuda::stoch_norm_backward_elemt(
-        launch.shape, launch.plan, cuda_ptr<scalar_t>(dy), cuda_ptr<scalar_t>(in.input),
-        cuda_ptr<acc_t>(w), s.data_ptr<bool>(), cuda_ptr<acc_t>(mean), cuda_ptr<acc_t>(invstd),
-        cuda_ptr<acc_t>(a), cuda_ptr<acc_t>(b), count, cuda_ptr<scalar_t>(grad_x),
-        cuda_ptr<acc_t>(launch.workspace), launch.stream));
+        launch.shape, launch.plan, cuda_ptr<scalar_t>(a.grad_y), cuda_ptr<scalar_t>(a.input),
+        cuda_ptr<acc_t>(a.weight), a.mask.data_ptr<bool>(), cuda_ptr<acc_t>(a.save_mean),
+        cuda_ptr<acc_t>(a.save_invstd), cuda_ptr<acc_t>(a.sum_dy), cuda_ptr<acc_t>(a.sum_dy_xhat),
+        a.count, cuda_ptr<scalar_t>(a.grad_x), cuda_ptr<acc_t>(launch.workspace), launch.stream));
   });
-  return grad_x;
+  return a.grad_x;
 }
 
 }  // namespace
