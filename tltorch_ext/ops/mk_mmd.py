@@ -120,8 +120,9 @@ def _layer_statistics(z: Tensor, spec: GaussianKernels) -> tuple[Tensor, Tensor]
     with torch.no_grad():
         x = z.detach().to(stat_dtype(z.dtype))
         center = x.mean(0)
-        # Two passes, the mean then the centred squares: as accurate as torch.var_mean's Welford
-        # updates and, on CPU, 7-20x faster than it along dim 0.
+        # Two passes, the mean then the centred squares: on CPU 7-20x faster than torch.var_mean
+        # along dim 0, and accurate to float32 rounding (2e-8 relative at an offset of 1e3 over
+        # unit spread, Welford's 7e-10), far finer than a bandwidth needs.
         mean_distance = 2 * (x - center).square_().sum().double() / x.shape[0]
         alphas = torch.tensor(spec.alphas, dtype=torch.float64, device=z.device)
         # All rows equal: every distance is 0 and any bandwidth gives k = 1; γ = 0 says so
