@@ -35,6 +35,29 @@ def test_a_failing_candidate_is_recorded_and_never_chosen_for_auto():
     assert harness.fastest_backends(results, "cuda") == {"bss": {"cuda": ["cpu"]}}
 
 
+def test_memory_measured_elsewhere_is_reported_as_not_measured(tmp_path):
+    # A case whose work runs in other processes (SyncStochNorm's ranks) has no peak in this one:
+    # the table says n/a and the JSON null, where a measured case gives a number (> 0 here).
+    ones = torch.ones(256, 256)
+    measured = harness.Case("bss", "here", {"torch": lambda: ones * 2}, baseline="torch")
+    elsewhere = harness.Case("sync_stoch_norm", "ranks", {"ranks": ones.sum}, baseline="ranks",
+                             measures_memory=False)
+    device = torch.device("cpu")
+    here, = harness.run_case(measured, device, quick=True)
+    ranks, = harness.run_case(elsewhere, device, quick=True)
+    assert here.peak_mb > 0 and ranks.peak_mb is None and ranks.median_ms > 0
+    row = harness.format_table([ranks]).splitlines()[-1]
+    assert row.split()[-2:] == ["1.00x", "n/a"]  # speedup, then the peak column
+    harness.write_json([here, ranks], device, tmp_path / "cpu.json")
+    peaks = [r["peak_mb"] for r in json.loads((tmp_path / "cpu.json").read_text())["results"]]
+    assert peaks[0] > 0 and peaks[1] is None
+
+
+def test_the_sync_stoch_norm_cases_do_not_claim_a_memory_figure():
+    cases = harness.cases("sync_stoch_norm", torch.device("cpu"), quick=True)
+    assert cases and all(not case.measures_memory for case in cases)
+
+
 def test_gpu_session_dry_run_completes_every_stage(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
            "TRITON_INTERPRET": "1"}

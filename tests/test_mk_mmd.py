@@ -151,6 +151,32 @@ def test_lower_precision_against_float64(backend, dtype):
             assert rel_err(g, r) <= 4 * bounds[dtype] + torch.finfo(dtype).eps, estimate
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_across_many_tiles_matches_the_reference(threads):
+    # 2B = 300 rows: three 128-wide column tiles (the last one partial) and several row blocks in
+    # both directions, on one thread and on two (the backward's row blocks follow the count).
+    if "cpu" not in BACKENDS:
+        pytest.skip("no compiled CPU kernels")
+    z_s, z_t = domains(150, 40, seed=7)
+    p_s, p_t = (x.softmax(1) for x in domains(150, 6, seed=8))
+    layers = [z_s, p_s, z_t, p_t]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for estimate in ("biased", "unbiased"):
+            values, grads = [], []
+            for backend in ("cpu", "reference"):
+                inputs = [z.clone().requires_grad_() for z in layers]
+                value = run(backend, joint_mk_mmd, inputs[:2], inputs[2:], estimate=estimate)
+                values.append(value)
+                grads.append(grads_of(value, *inputs))
+            assert abs(values[0].item() - values[1].item()) <= 1e-12 * max(1.0, abs(values[1]))
+            for g, r in zip(*grads):
+                torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_large_common_offset_keeps_float32_accuracy(backend):
     # The distances come from centred rows, so an offset of 1e3 over unit spread costs nothing

@@ -4,16 +4,21 @@
 // Every layer's rows are first packed centred (zc = z − c) in the accumulation type, with their
 // squared norms q: one copy of the input, which the Gram trick d_ij = q_i + q_j − 2 zc_i·zc_j
 // needs in any case for 16-bit inputs, and whose centring keeps it accurate when the features
-// share a large offset. Quadratic estimates then run over 64 × 64 tiles of pairs: the tile's dot
-// products of every layer (tiles::row_dots), then all kernels, their product over layers and the
-// weights, reduced to one double per tile; forward visits the tiles on and above the diagonal,
-// backward every tile of its row block and applies A^l = (W + Wᵀ) ∘ ∂K/∂d^l to the column block's
-// rows at once (tiles::products), so neither direction stores anything of size n². The linear
-// estimate visits its 4B pairs directly. Accumulation is float32 (double for double inputs).
+// share a large offset. Quadratic estimates then run over tiles of kRows × kCols pairs: the
+// tile's dot products of every layer as one GEMM through ATen (MKL or whichever BLAS torch was
+// built with), then all kernels, their product over layers and the weights, reduced to one double
+// per tile; forward visits the pairs i < j (the row block's columns from its first row on),
+// backward every column tile of its row block and applies A^l = (W + Wᵀ) ∘ ∂K/∂d^l to the column
+// block's rows with a second GEMM, so neither direction stores anything of size n². The tiles run
+// in at::parallel_for, where ATen's GEMM stays on the calling thread (no oversubscription). The
+// linear estimate visits its 4B pairs directly. Accumulation is float32 (double for double
+// inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,12 +32,17 @@
 
 #include "../mk_mmd.h"
 #include "feature_rows.h"
-#include "tile_products.h"
+#include "isa_clones.h"
 
 namespace tltorch_ext {
 namespace {
 
-constexpr int64_t kTile = 64;
+// A tile's per-layer buffers (kRows × kCols values, 64 KiB in float32) stay in L2 next to the
+// GEMM operands; of 64 or 128 rows × 128 or 256 columns, 128 × 128 ran fastest here (the
+// backward's second GEMM, which adds A·zc_J into the row block's kRows × d accumulator, gains
+// most from the taller block).
+constexpr int64_t kRows = 128;
+constexpr int64_t kCols = 128;
 
 template <typename acc_t>
 struct Layer {
@@ -107,12 +117,12 @@ std::vector<Layer<acc_t>> pack_layers(at::TensorList features, at::TensorList ce
   return layers;
 }
 
-// e^x for the kernels' x ≤ 0 without a libm call, so that the tile loops vectorize: Cody-Waite
+// e^x for the kernels' x ≤ 0 without a libm call, so that row_kernels vectorizes: Cody-Waite
 // reduction x = n ln 2 + f (|f| ≤ ln 2 / 2, ln 2 split so that n·ln2_hi is exact), e^f by its
 // degree-7 Taylor polynomial (remainder < 6e-9), 2^n through the exponent bits: within 2 ulp of
 // expf. Below −87 (e^x < 2^-125) it returns 2^-126 or so, 0 to the kernel sums' precision; NaN
 // stays NaN.
-inline float kernel_exp(float x) {
+TLTORCH_EXT_INLINE float kernel_exp(float x) {
   x = x < -87.0f ? -87.0f : x;
   const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // nearest integer
   const float f = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -126,7 +136,7 @@ inline float kernel_exp(float x) {
   p = p * f + 1.0f;
   return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
-inline double kernel_exp(double x) { return std::exp(x); }
+TLTORCH_EXT_INLINE double kernel_exp(double x) { return std::exp(x); }
 
 // Σ_k e^{−γ_k d} and, when wanted, Σ_k γ_k e^{−γ_k d}.
 template <typename acc_t>
@@ -141,44 +151,78 @@ inline acc_t kernel_sum(const Layer<acc_t>& layer, acc_t d, acc_t* slope) {
   return sum;
 }
 
-// Fills S^l (and T^l when `slopes`) for the tile rows i0.., columns j0.. of every layer; `dots`
-// is one tile of scratch. Entries are (r, c) at r * kTile + c.
+// One tile row of `len` columns from its dot products d: d[c] becomes the distance
+// q_i + q_j[c] − 2 d[c] (clamped at 0, NaN kept), s[c] = Σ_k e^{−γ_k d[c]} and, unless t is null,
+// t[c] = Σ_k γ_k e^{−γ_k d[c]}.
+template <typename acc_t>
+TLTORCH_EXT_INLINE void row_kernels_impl(acc_t q_i, const acc_t* q_j, int64_t len,
+                                         const acc_t* gammas, int64_t count, acc_t* d, acc_t* s,
+                                         acc_t* t) {
+#pragma omp simd
+  for (int64_t c = 0; c < len; ++c) {
+    const acc_t v = q_i + q_j[c] - 2 * d[c];
+    d[c] = v < acc_t(0) ? acc_t(0) : v;
+    s[c] = 0;
+  }
+  if (t != nullptr) std::fill(t, t + len, acc_t(0));
+  for (int64_t k = 0; k < count; ++k) {
+    const acc_t gamma = gammas[k];
+    if (t == nullptr) {
+#pragma omp simd
+      for (int64_t c = 0; c < len; ++c) s[c] += kernel_exp(-gamma * d[c]);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < len; ++c) {
+        const acc_t e = kernel_exp(-gamma * d[c]);
+        s[c] += e;
+        t[c] += gamma * e;
+      }
+    }
+  }
+}
+
+// The exponentials vectorize in the AVX2 and AVX-512 copies (in the baseline one, GCC's default
+// -ftrapping-math keeps the clamp's compare from becoming a select, and the loop scalar).
+TLTORCH_EXT_ISA_CLONES void row_kernels(float q_i, const float* q_j, int64_t len,
+                                        const float* gammas, int64_t count, float* d, float* s,
+                                        float* t) {
+  row_kernels_impl(q_i, q_j, len, gammas, count, d, s, t);
+}
+TLTORCH_EXT_ISA_CLONES void row_kernels(double q_i, const double* q_j, int64_t len,
+                                        const double* gammas, int64_t count, double* d, double* s,
+                                        double* t) {
+  row_kernels_impl(q_i, q_j, len, gammas, count, d, s, t);
+}
+
+// A row-major (rows × cols) acc_t matrix at `data`, leading dimension `ld`, as a tensor for
+// ATen's GEMM (no copy; the caller keeps the memory alive).
+template <typename acc_t>
+at::Tensor matrix(const acc_t* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<acc_t*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+// The (cols × rows) transpose of the row-major rows at `data`, leading dimension `ld`.
+template <typename acc_t>
+at::Tensor transposed(const acc_t* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<acc_t*>(data), {cols, rows}, {1, ld},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+// Fills S^l (and T^l when `slopes`) for the tile rows i0..i0+bi, columns j0..j0+bj of every
+// layer, layer l's at l * tile; `dots` is one tile of scratch. Entries are (r, c) at r * bj + c.
 template <typename acc_t>
 void tile_kernels(const std::vector<Layer<acc_t>>& layers, int64_t i0, int64_t bi, int64_t j0,
-                  int64_t bj, acc_t* dots, acc_t* sums, acc_t* slopes) {
+                  int64_t bj, int64_t tile, acc_t* dots, acc_t* sums, acc_t* slopes) {
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer<acc_t>& layer = layers[l];
-    const tiles::RowProduct<acc_t> term{layer.rows + i0 * layer.dim, layer.dim,
-                                        layer.rows + j0 * layer.dim, layer.dim, layer.dim,
-                                        acc_t(1)};
-    tiles::row_dots(&term, 1, bi, bj, tiles::Reduce::kNone, dots, kTile);
-    const acc_t* q_j = layer.norms + j0;
+    at::Tensor gram = matrix(dots, bi, bj, bj);
+    at::cpu::mm_out(gram, matrix(layer.rows + i0 * layer.dim, bi, layer.dim, layer.dim),
+                    transposed(layer.rows + j0 * layer.dim, bj, layer.dim, layer.dim));
     for (int64_t r = 0; r < bi; ++r) {
-      acc_t* d = dots + r * kTile;  // the dot products become the distances
-      acc_t* s = sums + l * kTile * kTile + r * kTile;
-      acc_t* t = slopes == nullptr ? nullptr : slopes + l * kTile * kTile + r * kTile;
-      const acc_t q_i = layer.norms[i0 + r];
-#pragma omp simd
-      for (int64_t c = 0; c < bj; ++c) {
-        const acc_t v = q_i + q_j[c] - 2 * d[c];
-        d[c] = v < acc_t(0) ? acc_t(0) : v;  // NaN kept
-        s[c] = 0;
-      }
-      if (t != nullptr) std::fill(t, t + bj, acc_t(0));
-      for (int64_t k = 0; k < layer.count; ++k) {
-        const acc_t gamma = layer.gammas[k];
-        if (t == nullptr) {
-#pragma omp simd
-          for (int64_t c = 0; c < bj; ++c) s[c] += kernel_exp(-gamma * d[c]);
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < bj; ++c) {
-            const acc_t e = kernel_exp(-gamma * d[c]);
-            s[c] += e;
-            t[c] += gamma * e;
-          }
-        }
-      }
+      row_kernels(layer.norms[i0 + r], layer.norms + j0, bj, layer.gammas, layer.count,
+                  dots + r * bj, sums + l * tile + r * bj,
+                  slopes == nullptr ? nullptr : slopes + l * tile + r * bj);
     }
   }
 }
@@ -186,45 +230,45 @@ void tile_kernels(const std::vector<Layer<acc_t>>& layers, int64_t i0, int64_t b
 template <typename acc_t>
 double quadratic_forward(const Problem& p, const std::vector<Layer<acc_t>>& layers,
                          const at::Tensor& like) {
-  const int64_t blocks = ceil_div(p.n, kTile);
-  std::vector<std::pair<int64_t, int64_t>> tasks;  // (I, J), I <= J
-  for (int64_t bi = 0; bi < blocks; ++bi) {
-    for (int64_t bj = bi; bj < blocks; ++bj) tasks.emplace_back(bi, bj);
+  // Row block I pairs its rows i with the columns j > i: the column tiles from its first row on.
+  std::vector<std::pair<int64_t, int64_t>> tasks;  // (i0, j0)
+  for (int64_t i0 = 0; i0 < p.n; i0 += kRows) {
+    for (int64_t j0 = i0; j0 < p.n; j0 += kCols) tasks.emplace_back(i0, j0);
   }
-  const int64_t size = kTile * kTile;
+  const int64_t tile = std::min(kRows, p.n) * std::min(kCols, p.n);  // scratch per layer
   const int64_t dims = std::accumulate(layers.begin(), layers.end(), int64_t(0),
                                        [](int64_t a, const Layer<acc_t>& l) { return a + l.dim; });
-  ThreadScratch<acc_t> scratch(size * (1 + static_cast<int64_t>(layers.size())), like);
+  ThreadScratch<acc_t> scratch(tile * (1 + static_cast<int64_t>(layers.size())), like);
   std::vector<double> partial(tasks.size());
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), grain_for(size * dims),
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), grain_for(tile * dims),
                    [&](int64_t begin, int64_t end) {
     acc_t* dots = scratch.local();
-    acc_t* sums = dots + size;
+    acc_t* sums = dots + tile;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i0 = tasks[task].first * kTile, j0 = tasks[task].second * kTile;
-      const int64_t bi = std::min(kTile, p.n - i0), bj = std::min(kTile, p.n - j0);
-      tile_kernels<acc_t>(layers, i0, bi, j0, bj, dots, sums, nullptr);
-      // Columns before `split` are source rows, the others target rows.
-      const int64_t split = std::clamp<int64_t>(p.batch - j0, 0, bj);
+      const auto [i0, j0] = tasks[task];
+      const int64_t bi = std::min(kRows, p.n - i0), bj = std::min(kCols, p.n - j0);
+      tile_kernels<acc_t>(layers, i0, bi, j0, bj, tile, dots, sums, nullptr);
       double total = 0;
       for (int64_t r = 0; r < bi; ++r) {
-        acc_t* k = sums + r * kTile;  // K of the row: the first layer's sums times the others'
+        acc_t* k = sums + r * bj;  // K of the row: the first layer's sums times the others'
         for (size_t l = 1; l < layers.size(); ++l) {
-          const acc_t* other = sums + l * size + r * kTile;
+          const acc_t* other = sums + l * tile + r * bj;
 #pragma omp simd
           for (int64_t c = 0; c < bj; ++c) k[c] *= other[c];
         }
-        if (i0 + r >= j0 && i0 + r < j0 + bj) k[i0 + r - j0] = 0;  // no diagonal pair
+        // Columns first.. hold the pairs j > i; before `split` they are source rows.
+        const int64_t first = std::clamp<int64_t>(i0 + r + 1 - j0, 0, bj);
+        const int64_t split = std::clamp<int64_t>(p.batch - j0, first, bj);
         acc_t source = 0, target = 0;
 #pragma omp simd reduction(+ : source)
-        for (int64_t c = 0; c < split; ++c) source += k[c];
+        for (int64_t c = first; c < split; ++c) source += k[c];
 #pragma omp simd reduction(+ : target)
         for (int64_t c = split; c < bj; ++c) target += k[c];
         const bool from_source = i0 + r < p.batch;
         total += p.weights.same * (from_source ? source : target) +
                  p.weights.cross * (from_source ? target : source);
       }
-      partial[task] = (i0 == j0 ? 1.0 : 2.0) * total;
+      partial[task] = 2 * total;  // (i, j) and (j, i)
     }
   });
   return std::accumulate(partial.begin(), partial.end(), 0.0) + p.weights.diagonal;
@@ -291,32 +335,34 @@ void write_gradient(const Layer<acc_t>& layer, int64_t i0, int64_t count, const 
 template <typename scalar_t, typename acc_t>
 void quadratic_backward(const Problem& p, const std::vector<Layer<acc_t>>& layers, acc_t scale,
                         std::vector<at::Tensor>& grads, const at::Tensor& like) {
-  const int64_t blocks = ceil_div(p.n, kTile), size = kTile * kTile;
+  // Row blocks of kRows, smaller where n is small so that every thread gets one (16 at least).
+  const int64_t rows = std::clamp<int64_t>(ceil_div(p.n, at::get_num_threads()), 16, kRows);
+  const int64_t blocks = ceil_div(p.n, rows), tile = rows * std::min(kCols, p.n);
   const int64_t count = static_cast<int64_t>(layers.size());
   int64_t dims = 0;
   for (const auto& layer : layers) dims += layer.dim;
   // dots, S and T of every layer, A, the row sums and the accumulated A·zc of every layer.
-  ThreadScratch<acc_t> scratch(size * (2 + 2 * count) + kTile * (count + dims), like);
+  ThreadScratch<acc_t> scratch(tile * (2 + 2 * count) + rows * (count + dims), like);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* dots = scratch.local();
-    acc_t* sums = dots + size;
-    acc_t* slopes = sums + count * size;
-    acc_t* a = slopes + count * size;
-    acc_t* row_sums = a + size;
-    acc_t* acc = row_sums + count * kTile;
+    acc_t* sums = dots + tile;
+    acc_t* slopes = sums + count * tile;
+    acc_t* a = slopes + count * tile;
+    acc_t* row_sums = a + tile;
+    acc_t* acc = row_sums + count * rows;
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t i0 = block * kTile, bi = std::min(kTile, p.n - i0);
-      std::fill(row_sums, row_sums + count * kTile + kTile * dims, acc_t(0));
-      for (int64_t column = 0; column < blocks; ++column) {
-        const int64_t j0 = column * kTile, bj = std::min(kTile, p.n - j0);
-        tile_kernels<acc_t>(layers, i0, bi, j0, bj, dots, sums, slopes);
+      const int64_t i0 = block * rows, bi = std::min(rows, p.n - i0);
+      std::fill(row_sums, row_sums + count * rows + rows * dims, acc_t(0));
+      for (int64_t j0 = 0; j0 < p.n; j0 += kCols) {
+        const int64_t bj = std::min(kCols, p.n - j0);
+        tile_kernels<acc_t>(layers, i0, bi, j0, bj, tile, dots, sums, slopes);
         const int64_t split = std::clamp<int64_t>(p.batch - j0, 0, bj);  // source columns
         acc_t* layer_acc = acc;
         for (int64_t l = 0; l < count; ++l) {
           for (int64_t r = 0; r < bi; ++r) {
             // A = −(W + Wᵀ) T^l Π_{m≠l} S^m on the row, 0 at the diagonal pair.
-            acc_t* a_row = a + r * kTile;
-            const acc_t* slope = slopes + l * size + r * kTile;
+            acc_t* a_row = a + r * bj;
+            const acc_t* slope = slopes + l * tile + r * bj;
             const bool from_source = i0 + r < p.batch;
             const acc_t w_source = static_cast<acc_t>(
                 -2 * (from_source ? p.weights.same : p.weights.cross));
@@ -328,7 +374,7 @@ void quadratic_backward(const Problem& p, const std::vector<Layer<acc_t>>& layer
             }
             for (int64_t m = 0; m < count; ++m) {
               if (m == l) continue;
-              const acc_t* other = sums + m * size + r * kTile;
+              const acc_t* other = sums + m * tile + r * bj;
 #pragma omp simd
               for (int64_t c = 0; c < bj; ++c) a_row[c] *= other[c];
             }
@@ -336,21 +382,20 @@ void quadratic_backward(const Problem& p, const std::vector<Layer<acc_t>>& layer
             acc_t total = 0;
 #pragma omp simd reduction(+ : total)
             for (int64_t c = 0; c < bj; ++c) total += a_row[c];
-            row_sums[l * kTile + r] += total;
+            row_sums[l * rows + r] += total;
           }
           const Layer<acc_t>& layer = layers[l];
-          const tiles::MatrixTerm<acc_t> term{a, kTile, 1, layer.rows + j0 * layer.dim,
-                                              layer.dim, bj, acc_t(1)};
-          tiles::products(&term, 1, bi, layer.dim, tiles::Reduce::kNone, true, layer_acc,
-                          layer.dim);
-          layer_acc += kTile * layer.dim;
+          at::Tensor product = matrix(layer_acc, bi, layer.dim, layer.dim);
+          at::cpu::addmm_(product, matrix(a, bi, bj, bj),
+                          matrix(layer.rows + j0 * layer.dim, bj, layer.dim, layer.dim));
+          layer_acc += rows * layer.dim;
         }
       }
       const acc_t* layer_acc = acc;
       for (int64_t l = 0; l < count; ++l) {
-        write_gradient(layers[l], i0, bi, row_sums + l * kTile, layer_acc, scale,
+        write_gradient(layers[l], i0, bi, row_sums + l * rows, layer_acc, scale,
                        grads[l].data_ptr<scalar_t>());
-        layer_acc += kTile * layers[l].dim;
+        layer_acc += rows * layers[l].dim;
       }
     }
   });

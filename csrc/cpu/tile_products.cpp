@@ -3,15 +3,7 @@
 
 #include <algorithm>
 
-// One copy per instruction-set level, chosen once at load time (GCC function multiversioning);
-// the inline templates below are compiled into each copy.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define TLTORCH_EXT_ISA_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TLTORCH_EXT_ISA_CLONES
-#endif
-#define TLTORCH_EXT_INLINE inline __attribute__((always_inline))
+#include "isa_clones.h"
 
 namespace tltorch_ext::tiles {
 namespace {

@@ -44,6 +44,9 @@ class Case:
     baseline: str
     bytes_moved: int | None = None  # for GB/s
     flops: int | None = None  # for TFLOP/s
+    # False where torch's allocations in this process do not see the work (it runs in other
+    # processes): the peak memory is then reported as not measured, never as 0.
+    measures_memory: bool = True
 
 
 @dataclasses.dataclass
@@ -53,7 +56,7 @@ class Result:
     candidate: str
     median_ms: float
     speedup: float  # baseline median / this median
-    peak_mb: float
+    peak_mb: float | None  # None: not measured (Case.measures_memory)
     gbps: float | None
     tflops: float | None
     error: str | None = None  # the candidate raised: no time, and auto never picks it
@@ -167,7 +170,8 @@ def run_case(case: Case, device: torch.device, quick: bool) -> list[Result]:
     measured: dict[str, tuple[float, float] | str] = {}
     for name, fn in case.candidates.items():
         try:
-            measured[name] = (time_ms(fn, device, warmup, reps), peak_memory_mb(fn, device))
+            peak = peak_memory_mb(fn, device) if case.measures_memory else None
+            measured[name] = (time_ms(fn, device, warmup, reps), peak)
         except Exception as error:  # noqa: BLE001  (reported in the table and the JSON)
             measured[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
     base = measured[case.baseline][0] if isinstance(measured[case.baseline], tuple) else math.nan
@@ -220,8 +224,9 @@ def format_table(results: list[Result]) -> str:
             lines.append(f"{r.op:<13} {r.group:<40} {r.candidate:<28} failed: {r.error}")
             continue
         rate = f"{r.gbps:7.0f}" if r.gbps else f"{'':>7}"
+        peak = f"{'n/a':>9}" if r.peak_mb is None else f"{r.peak_mb:9.1f}"
         lines.append(f"{r.op:<13} {r.group:<40} {r.candidate:<28} {r.median_ms:10.3f} "
-                     f"{r.speedup:7.2f}x {r.peak_mb:9.1f} {rate}")
+                     f"{r.speedup:7.2f}x {peak} {rate}")
     return "\n".join(lines)
 
 

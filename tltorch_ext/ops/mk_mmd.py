@@ -1,7 +1,7 @@
 """Multi-kernel MMD operators (docs/api_mmd.md): DAN's MK-MMD and JAN's joint MMD.
 
 Per layer l the source and target rows are stacked, z^l = [z^l_s; z^l_t] (n = 2B, d_l). Before
-the op, one O(n·d) pass per layer (``torch.var_mean``) gives the column means c^l and
+the op, one O(n·d) two-pass reduction per layer gives the column means c^l and
 mean_ij ‖z_i − z_j‖² = 2 Σ_k Var_k(z^l) (biased variances), from which γ_k = 1/(2σ_k²),
 σ_k² = α_k · that mean (or a fixed σ_k). Both are detached: σ carries no gradient (as TLlib's
 GaussianKernel), and the distances do not depend on c.
@@ -118,9 +118,12 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 def _layer_statistics(z: Tensor, spec: GaussianKernels) -> tuple[Tensor, Tensor]:
     """(column means in the accumulation dtype, γ_k = 1/(2σ_k²) in float64), both detached."""
     with torch.no_grad():
-        variance, center = torch.var_mean(z.detach().to(stat_dtype(z.dtype)), dim=0,
-                                          correction=0)
-        mean_distance = 2 * variance.sum(dtype=torch.float64)
+        x = z.detach().to(stat_dtype(z.dtype))
+        center = x.mean(0)
+        # Two passes, the mean then the centred squares: on CPU 7-20x faster than torch.var_mean
+        # along dim 0, and accurate to float32 rounding (2e-8 relative at an offset of 1e3 over
+        # unit spread, Welford's 7e-10), far finer than a bandwidth needs.
+        mean_distance = 2 * (x - center).square_().sum().double() / x.shape[0]
         alphas = torch.tensor(spec.alphas, dtype=torch.float64, device=z.device)
         # All rows equal: every distance is 0 and any bandwidth gives k = 1; γ = 0 says so
         # (TLlib's 0/0 would give NaN).
