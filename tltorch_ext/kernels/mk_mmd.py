@@ -72,6 +72,19 @@ def _kernel_sums(d, gammas_ptr, first, last, ACC: tl.constexpr):
 
 
 @triton.jit
+def _layer_kernel_sums(z_ptr, q_ptr, offsets_ptr, kernels_ptr, gammas_ptr, rows_i, rows_j, n,
+                       stride, layer, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    """(S, T) of one layer for the rows_i × rows_j tile: its distances, then its kernels' sums."""
+    col0 = tl.load(offsets_ptr + layer)
+    dim = tl.load(offsets_ptr + layer + 1) - col0
+    d = _tile_distances(z_ptr, q_ptr, rows_i, rows_j, n, stride, col0, dim, layer, ACC, BLOCK,
+                        BLOCK_D)
+    return _kernel_sums(d, gammas_ptr, tl.load(kernels_ptr + layer),
+                        tl.load(kernels_ptr + layer + 1), ACC)
+
+
+@triton.jit
 def _pair_weights(rows_i, rows_j, n, batch, weights_ptr):
     """W_ij of the quadratic estimates, 0 on the diagonal and outside the matrix."""
     w_same = tl.load(weights_ptr)
@@ -94,12 +107,8 @@ def _quadratic_forward_kernel(z_ptr, q_ptr, offsets_ptr, kernels_ptr, gammas_ptr
         rows_j = tile_j * BLOCK + tl.arange(0, BLOCK)
         k = tl.full((BLOCK, BLOCK), 1.0, dtype=ACC)
         for layer in range(layers):
-            col0 = tl.load(offsets_ptr + layer)
-            dim = tl.load(offsets_ptr + layer + 1) - col0
-            d = _tile_distances(z_ptr, q_ptr, rows_i, rows_j, n, stride, col0, dim, layer, ACC,
-                                BLOCK, BLOCK_D)
-            s, _ = _kernel_sums(d, gammas_ptr, tl.load(kernels_ptr + layer),
-                                tl.load(kernels_ptr + layer + 1), ACC)
+            s, _ = _layer_kernel_sums(z_ptr, q_ptr, offsets_ptr, kernels_ptr, gammas_ptr, rows_i,
+                                      rows_j, n, stride, layer, ACC, BLOCK, BLOCK_D)
             k = k * s
         w = _pair_weights(rows_i, rows_j, n, batch, weights_ptr).to(ACC)
         total = tl.sum(tl.sum(w * k, axis=1), axis=0) * tl.where(tile_i < tile_j, 2.0, 1.0)
@@ -122,12 +131,8 @@ def _quadratic_backward_kernel(z_ptr, q_ptr, offsets_ptr, kernels_ptr, gammas_pt
         # ∂K/∂d^target = −T^target · Π_{other layers} S.
         slope = tl.full((BLOCK, BLOCK), 1.0, dtype=ACC)
         for layer in range(layers):
-            col0 = tl.load(offsets_ptr + layer)
-            dim = tl.load(offsets_ptr + layer + 1) - col0
-            d = _tile_distances(z_ptr, q_ptr, rows_i, rows_j, n, stride, col0, dim, layer, ACC,
-                                BLOCK, BLOCK_D)
-            s, t = _kernel_sums(d, gammas_ptr, tl.load(kernels_ptr + layer),
-                                tl.load(kernels_ptr + layer + 1), ACC)
+            s, t = _layer_kernel_sums(z_ptr, q_ptr, offsets_ptr, kernels_ptr, gammas_ptr, rows_i,
+                                      rows_j, n, stride, layer, ACC, BLOCK, BLOCK_D)
             slope = slope * tl.where(layer == target, t, s)
         a = -2.0 * _pair_weights(rows_i, rows_j, n, batch, weights_ptr).to(ACC) * slope
         row_sums += tl.sum(a, axis=1)
