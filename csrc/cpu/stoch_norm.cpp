@@ -11,9 +11,9 @@
 //
 // The loops (stoch_norm_kernels.inc) are plain C++ that gcc vectorizes, built three times: for the
 // baseline x86-64 (SSE2) the extension is compiled for, for AVX2 + FMA and for AVX512; the build
-// matching ATen's CPU capability runs (at::get_cpu_capability(); ATEN_CPU_CAPABILITY=default or
-// avx2 lowers both). bfloat16 values are widened and rounded by integer operations on their bits, so that
-// its loops vectorize as well as float32's.
+// matching ATen's CPU capability runs (at::get_cpu_capability(), which ATEN_CPU_CAPABILITY=avx2 or
+// =default lowers). bfloat16 values are widened and rounded by integer operations on their bits,
+// so that its loops vectorize as well as float32's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -270,10 +270,10 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
 
 
 def lerp_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor):
-    """:func:`update_running_stats` without its checks, for the modules, whose buffers and batch
-    statistics match by construction. BatchNorm's running variance follows the unbiased batch
-    variance; a tensor factor (the cumulative average 1/num_batches_tracked) stays on its device
-    and, under torch.compile, in the graph."""
+    """:func:`update_running_stats` without its checks, for StochNorm's forward, whose buffers and
+    batch statistics match by construction. BatchNorm's running variance follows the unbiased
+    batch variance; a tensor factor (the cumulative average 1/num_batches_tracked) is taken to the
+    buffers' device and dtype and, under torch.compile, stays in the graph."""
     if isinstance(factor, Tensor):
         factor = factor.to(running_mean.device, running_mean.dtype)
     with torch.no_grad():
